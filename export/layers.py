@@ -1,0 +1,109 @@
+"""Transformer layers written out, weights borrowed from the Hugging Face modules.
+
+Explicit code (no HF attention dispatch, no cache objects) exports cleanly to ONNX and lets pruning
+read attention probabilities and value norms where it needs them. The maths is HF's, op for op.
+"""
+import torch
+import torch.nn.functional as F
+
+NEG_INF = torch.finfo(torch.float32).min
+
+
+def split_heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """[B, N, H*D] -> [B, H, N, D]"""
+    b, n, _ = x.shape
+    return x.view(b, n, -1, head_dim).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """[B, H, N, D] -> [B, N, H*D]"""
+    b, h, n, d = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * d)
+
+
+def attend(q, k, v, scale: float, bias=None, need_probs: bool = False):
+    """Softmax attention. `bias` is additive (0 / NEG_INF). Returns (output [B,H,Nq,D], probs or None)."""
+    if not need_probs:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale), None
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if bias is not None:
+        scores = scores + bias
+    probs = torch.softmax(scores, dim=-1)
+    return torch.matmul(probs, v), probs
+
+
+# ---------------------------------------------------------------- CLIP (pre-LN, biases, quick_gelu)
+def clip_layer(layer, x: torch.Tensor, bias=None, need_probs: bool = False):
+    """One CLIPEncoderLayer. Returns (x, head-averaged probs [B,N,N] or None, value norms [B,N])."""
+    attn = layer.self_attn
+    h = layer.layer_norm1(x)
+    q = split_heads(attn.q_proj(h), attn.head_dim)
+    k = split_heads(attn.k_proj(h), attn.head_dim)
+    v_flat = attn.v_proj(h)
+    o, probs = attend(q, k, split_heads(v_flat, attn.head_dim), attn.scale, bias, need_probs)
+    x = x + attn.out_proj(merge_heads(o))
+    x = x + layer.mlp(layer.layer_norm2(x))
+    mean_probs = probs.mean(dim=1) if probs is not None else None
+    return x, mean_probs, v_flat.norm(dim=-1)
+
+
+def clip_layer_cls_only(layer, x: torch.Tensor) -> torch.Tensor:
+    """The CLS output of a CLIP layer (keys/values over all tokens, query of token 0 only): [B, C]."""
+    attn = layer.self_attn
+    h = layer.layer_norm1(x)
+    q = split_heads(attn.q_proj(h[:, :1]), attn.head_dim)
+    k = split_heads(attn.k_proj(h), attn.head_dim)
+    v = split_heads(attn.v_proj(h), attn.head_dim)
+    o, _ = attend(q, k, v, attn.scale)
+    cls = x[:, :1] + attn.out_proj(merge_heads(o))
+    cls = cls + layer.mlp(layer.layer_norm2(cls))
+    return cls[:, 0]
+
+
+# ---------------------------------------------------------------- LLaMA (RMSNorm, RoPE, SwiGLU)
+def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor):
+    """HF LlamaRotaryEmbedding for integer positions [B, N] -> cos, sin [B, 1, N, D]."""
+    freqs = positions[..., None].float() * inv_freq
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos()[:, None], emb.sin()[:, None]
+
+
+def rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(x, cos, sin):
+    return x * cos + rotate_half(x) * sin
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=1)
+
+
+def llama_qkv(layer, x, cos, sin):
+    """Projections of one LlamaDecoderLayer: q, k (RoPE applied), v as [B, heads, N, D], plus v flat [B,N,Hkv*D]."""
+    attn = layer.self_attn
+    h = layer.input_layernorm(x)
+    q = apply_rope(split_heads(attn.q_proj(h), attn.head_dim), cos, sin)
+    k = apply_rope(split_heads(attn.k_proj(h), attn.head_dim), cos, sin)
+    v_flat = attn.v_proj(h)
+    return q, k, split_heads(v_flat, attn.head_dim), v_flat
+
+
+def llama_finish(layer, x, attn_out):
+    """Output projection, residual and MLP of one LlamaDecoderLayer."""
+    x = x + layer.self_attn.o_proj(merge_heads(attn_out))
+    return x + layer.mlp(layer.post_attention_layernorm(x))
+
+
+def llama_attend(layer, q, k, v, bias, need_probs=False):
+    attn = layer.self_attn
+    n_rep = attn.num_key_value_groups
+    return attend(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), attn.scaling, bias, need_probs)
+
+
+def additive_mask(causal: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
+    """causal [Nq, Nk] bool, key_valid [B, Nk] bool -> additive bias [B, 1, Nq, Nk]."""
+    allowed = causal[None, None] & key_valid[:, None, None, :]
+    return torch.where(allowed, 0.0, NEG_INF)

@@ -1,0 +1,35 @@
+"""Group-wise attention rollout (IVTP Eq. 3) and the GTP score, CLS row only.
+
+R = N_top ... N_2 A_1 with N = rownorm(A + I). Only the CLS row of R is needed, so it is computed
+from the top down as vector-matrix products: no identity matrix, no N x N products.
+"""
+import torch
+
+
+def rollout_cls_row(attns: list[torch.Tensor]) -> torch.Tensor:
+    """attns: head-averaged probs [B, N, N] of one group, bottom layer first, the CLS at index 0.
+    Returns the CLS row of the rollout [B, N]."""
+    row = None
+    for depth, a in enumerate(reversed(attns)):
+        if depth == len(attns) - 1:  # the group's first layer enters raw (Eq. 3)
+            return a[:, 0] if row is None else torch.bmm(row[:, None], a)[:, 0]
+        # rows of (A + I) re-normalised: v @ rownorm(A + I) = (v / r) @ A + v / r
+        r = a.sum(dim=-1) + 1.0
+        if row is None:  # CLS row of rownorm(A + I): the identity adds 1 at the CLS column
+            row = a[:, 0] / r[:, :1]
+            row = torch.cat([row[:, :1] + 1.0 / r[:, :1], row[:, 1:]], dim=1)
+        else:
+            scaled = row / r
+            row = torch.bmm(scaled[:, None], a)[:, 0] + scaled
+    raise ValueError("rollout needs at least one attention map")
+
+
+def select_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices [B, k] of the k highest scores, sorted ascending (raster order)."""
+    top = torch.topk(scores, k, dim=-1).indices
+    return torch.sort(top, dim=-1).values
+
+
+def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x [B, N, C], index [B, K] -> [B, K, C]"""
+    return torch.gather(x, 1, index[..., None].expand(-1, -1, x.shape[-1]))
