@@ -1,0 +1,1 @@
+"""Calibration (issue #5): captures real feeds through runtime/ to build lower-precision engines."""

@@ -1,0 +1,60 @@
+"""torch.onnx.export (dynamo) with named symbolic dims, flattened I/O names, weights beside the graph."""
+import contextlib
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import torch
+from torch.export import Dim
+
+OPSET = 23  # gives the ONNX Attention op for attention that needs no probabilities
+OPTIMIZE = False
+
+
+@dataclass
+class GraphSpec:
+    """What to export: a module, sample inputs (positional), and a symbolic dim name per input axis."""
+    name: str
+    module: torch.nn.Module
+    inputs: tuple
+    input_names: list[str]
+    output_names: list[str]
+    dims: dict[str, dict[int, str]]  # input name -> {axis: dim name}
+
+
+def _dynamic_shapes(spec: GraphSpec, flat_names: list[list[str] | str]):
+    """Builds torch.export dynamic_shapes mirroring the (possibly nested) positional inputs."""
+    dims: dict[str, Dim] = {}
+
+    def dim(name):
+        return dims.setdefault(name, Dim(name.replace(".", "_"), min=1))
+
+    def shapes_for(name):
+        return {axis: dim(d) for axis, d in spec.dims.get(name, {}).items()} or None
+
+    return tuple([shapes_for(n) for n in item] if isinstance(item, list) else shapes_for(item) for item in flat_names)
+
+
+def export_graph(spec: GraphSpec, path: Path, nested_names=None) -> onnx.ModelProto:
+    """Exports spec.module to path (+ path.data for weights). `nested_names` mirrors list inputs."""
+    names = nested_names or spec.input_names
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            spec.module, spec.inputs, dynamic_shapes=_dynamic_shapes(spec, names), dynamo=True,
+            opset_version=OPSET, input_names=spec.input_names, output_names=spec.output_names,
+            optimize=OPTIMIZE, verbose=False)
+    model = program.model_proto
+    _name_dims(model, spec)
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=path.name + ".data", size_threshold=1024)
+    return model
+
+
+def _name_dims(model: onnx.ModelProto, spec: GraphSpec):
+    """Input dims get the names the manifest promises (exporter names can be s0, s1, ...)."""
+    for value in model.graph.input:
+        for axis, name in spec.dims.get(value.name, {}).items():
+            value.type.tensor_type.shape.dim[axis].dim_param = name

@@ -1,0 +1,26 @@
+"""Graph input/output names: the part of the manifest contract that both export and runtime spell out."""
+
+VISION_IN = ["pixel_values"]
+VISION_OUT = ["image_features"]  # plus kept.<stage> per vision pruning point
+VISION_CLS_OUT = ["cls_joint", "cls_llm"]  # only where a method needs the visual CLS
+TEXT_IN, TEXT_OUT = ["input_ids"], ["token_embeddings"]
+EMBED_IN, EMBED_OUT = ["input_ids"], ["inputs_embeds"]
+PREFILL_IN = ["prefix_embeds", "visual_embeds", "suffix_embeds", "visual_positions", "suffix_positions", "suffix_mask"]
+PSEUDO_CLS_IN = ["pseudo_cls", "pseudo_cls_position"]
+HIDDEN_OUT = ["prefix_hidden", "visual_hidden", "suffix_hidden"]
+PSEUDO_CLS_OUT = ["pseudo_cls_hidden"]
+KEPT_OUT, LOGITS_OUT = ["kept"], ["logits"]
+
+
+def kept_name(stage: str) -> str:
+    return f"kept.{stage}"
+DECODE_IN = ["inputs_embeds", "position_ids"]
+
+
+def past_mask(segment: int) -> str:
+    return f"past_mask.{segment}"
+
+
+def kv_names(prefix: str, layers) -> list[str]:
+    """`past_key_values` in, `present` out (the Optimum / onnxruntime-genai convention)."""
+    return [f"{prefix}.{i}.{kind}" for i in layers for kind in ("key", "value")]

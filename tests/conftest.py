@@ -1,0 +1,58 @@
+"""Session fixtures: the tiny model is built once, each method exported once, for every test."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGES = ROOT / "assets" / "images"
+PROMPTS = ["What is the person in this photo wearing, and what colour is it?",
+           "Describe the animal on the sofa.",
+           "How many cups are on the table?"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def single_thread_torch():
+    # On 2 cores torch's intra-op threads make the tiny matmuls ~100x slower; one thread is fastest.
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    from export.tiny_model import embedded_model
+    return embedded_model("tiny")
+
+
+def _export(tmp_path_factory, method, **knobs):
+    from export.methods.registry import get_method
+    from export.pipeline import ExportConfig, export
+    out = tmp_path_factory.mktemp("engines") / method
+    cfg = get_method(method).config_type(**knobs)
+    return export(ExportConfig(method=method, model="tiny", out=out, method_config=cfg), progress=lambda m: None)
+
+
+@pytest.fixture(scope="session")
+def none_dir(tiny, tmp_path_factory):
+    return _export(tmp_path_factory, "none")
+
+
+@pytest.fixture(scope="session")
+def ivtp_dir(tiny, tmp_path_factory):
+    return _export(tmp_path_factory, "ivtp")
+
+
+@pytest.fixture(scope="session")
+def ivtp_engines(ivtp_dir):
+    from runtime.load import open_engine_dir
+    return open_engine_dir(ivtp_dir)
+
+
+@pytest.fixture(scope="session")
+def ivtp_reference(ivtp_engines):
+    from export.reference import reference_generator
+    return reference_generator(ivtp_engines.m)
+
+
+def read_manifest(engine_dir) -> dict:
+    return json.loads((Path(engine_dir) / "manifest.json").read_text())
