@@ -137,7 +137,7 @@ def cmd_run(args) -> int:
             for s in r.stages:
                 print(f"[{s['name']}] kept {len(s['kept'])} visual tokens")
             print(r.text)
-            print(f"(prefill {r.timings_ms['prefill']:.1f} ms, total {r.timings_ms['total']:.1f} ms)", file=sys.stderr)
+            print(f"(prefill {r.timings_ms['prefill_total']:.1f} ms, total {r.timings_ms['total']:.1f} ms)", file=sys.stderr)
     return 0
 
 

@@ -83,6 +83,22 @@ SPECS: dict[str, EmbeddedModelSpec] = {
         llm_heads=4,
         llm_intermediate=172,
     ),
+    # For benchmarks: widths 1/8 of LLaVA-1.5-7B's (ViT 1024 -> 128, LLM 4096 -> 512, same head sizes and
+    # MLP ratios), so ViT:LLM FLOPs stay near the 7B's and an unpruned prefill takes ~1-3 s on 2 cores.
+    "bench": EmbeddedModelSpec(
+        name="bench",
+        vit_hidden=128,
+        vit_heads=2,
+        vit_intermediate=512,
+        text_hidden=96,
+        text_heads=2,
+        text_intermediate=384,
+        text_layers=12,
+        projection_dim=96,
+        llm_hidden=512,
+        llm_heads=4,
+        llm_intermediate=1376,
+    ),
 }
 
 

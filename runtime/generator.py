@@ -78,8 +78,8 @@ class Generator:
         total_ms = (time.perf_counter() - start) * 1e3
         results = []
         for b, p in enumerate(prompts):
-            timings = {**{k: round(v, 3) for k, v in timer.ms.items()}, "prefill": round(prefill_ms, 3),
-                       "decode": round(total_ms - prefill_ms, 3), "total": round(total_ms, 3)}
+            timings = {**{k: round(v, 3) for k, v in timer.ms.items()}, "prefill_total": round(prefill_ms, 3),
+                       "decode_total": round(total_ms - prefill_ms, 3), "total": round(total_ms, 3)}
             results.append(Result(self.prompts.decode(tokens[b]), tokens[b], p.input_ids,
                                   [{"name": s, "kept": k[b].tolist()} for s, k in stages], timings, relevant[b],
                                   kv_bytes))

@@ -1,0 +1,94 @@
+"""Latency profile of an engine dir against PyTorch, measured in one run: the engines, the method's torch
+reference, and the unpruned Hugging Face baseline on the same checkpoint and inputs. Medians after warm-up."""
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from runtime.generator import Request
+from runtime.load import open_engine_dir
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets" / "images"
+DEFAULT_REQUEST = Request(ASSETS / "chelsea.jpg", "What animal is on the sofa, and what colour is its fur?")
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _median_generation(generator, request, runs, max_new_tokens, progress, label) -> dict:
+    generator.generate([request], max_new_tokens)  # warm-up
+    samples = []
+    for i in range(runs):
+        progress(f"[profile] {label}: run {i + 1}/{runs}")
+        samples.append(generator.generate([request], max_new_tokens)[0])
+    per_token = [r.timings_ms["decode_total"] / max(len(r.token_ids) - 1, 1) for r in samples]
+    breakdown = {k: statistics.median(r.timings_ms[k] for r in samples)
+                 for k in samples[0].timings_ms if k not in ("prefill_total", "decode_total", "total")}
+    return {"prefill_ms": statistics.median(r.timings_ms["prefill_total"] for r in samples),
+            "decode_ms_per_token": statistics.median(per_token), "breakdown_ms": breakdown, "result": samples[0]}
+
+
+def _hf_baseline(manifest, request, runs, max_new_tokens, progress) -> dict:
+    """Unpruned LlavaForConditionalGeneration: one forward for prefill, then cached single-token steps."""
+    import torch
+    from PIL import Image
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    model_dir = manifest["source"]["model"]
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+    text = manifest["prompt_template"].replace("{prompt}", request.prompt)
+    inputs = processor(images=Image.open(request.image).convert("RGB"), text=text, return_tensors="pt")
+
+    def once():
+        with torch.no_grad():
+            start = time.perf_counter()
+            out = model(**inputs, use_cache=True)
+            prefill = (time.perf_counter() - start) * 1e3
+            mask, nxt, past = inputs["attention_mask"], out.logits[:, -1:].argmax(-1), out.past_key_values
+            start = time.perf_counter()
+            for _ in range(max_new_tokens - 1):
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+                out = model(input_ids=nxt, attention_mask=mask, past_key_values=past, use_cache=True)
+                nxt, past = out.logits[:, -1:].argmax(-1), out.past_key_values
+            return prefill, (time.perf_counter() - start) * 1e3 / max(max_new_tokens - 1, 1)
+
+    once()
+    samples = []
+    for i in range(runs):
+        progress(f"[profile] PyTorch baseline (HF, unpruned): run {i + 1}/{runs}")
+        samples.append(once())
+    return {"prefill_ms": statistics.median(s[0] for s in samples),
+            "decode_ms_per_token": statistics.median(s[1] for s in samples)}
+
+
+def profile(engine_dir, runs: int = 5, max_new_tokens: int = 16, request: Request = DEFAULT_REQUEST,
+            provider: str | None = None, progress=lambda m: print(m, file=sys.stderr, flush=True)) -> dict:
+    from export.flops import count_flops, flops_report, visual_tokens_per_layer
+    from export.reference import reference_generator
+    engines = open_engine_dir(engine_dir, provider)
+    manifest = engines.m
+    measured = _median_generation(engines, request, runs, max_new_tokens, progress, "engines")
+    result = measured.pop("result")
+    engines_rss = _peak_rss_mb()
+    reference = _median_generation(reference_generator(manifest), request, runs, max_new_tokens, progress,
+                                   "PyTorch reference")
+    reference.pop("result")
+    pytorch = _hf_baseline(manifest, request, runs, max_new_tokens, progress)
+    dims, text_tokens = manifest["model"], len(result.input_ids) - 1
+    pruned = flops_report(str(engine_dir), manifest["method"], text_tokens)
+    unpruned = count_flops(dims, visual_tokens_per_layer("none", {}, dims), text_tokens, False)
+    final = len(result.stages[-1]["kept"]) if result.stages else manifest["vision_tokens_out"]
+    return {
+        "method": manifest["method"], "runs": runs, "max_new_tokens": max_new_tokens, "text_tokens": text_tokens,
+        "engines": {**measured, "peak_rss_mb": engines_rss, "provider": provider or "best available"},
+        "reference": {k: v for k, v in reference.items() if k != "breakdown_ms"},
+        "pytorch": pytorch, "peak_rss_mb_with_torch": _peak_rss_mb(),
+        "ratios": {"prefill_engines_over_pytorch": measured["prefill_ms"] / pytorch["prefill_ms"],
+                   "decode_engines_over_pytorch": measured["decode_ms_per_token"] / pytorch["decode_ms_per_token"],
+                   "prefill_engines_over_reference": measured["prefill_ms"] / reference["prefill_ms"]},
+        "flops": {"pruned_tflops": pruned["total_tflops"], "unpruned_tflops": unpruned["total_tflops"],
+                  "ratio": pruned["total_tflops"] / unpruned["total_tflops"]},
+        "kv_cache_bytes": result.kv_cache_bytes, "visual_tokens_final": final,
+    }
