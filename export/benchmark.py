@@ -20,13 +20,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run(model: str, runs: int, out: Path, max_new_tokens: int) -> dict:
     get_method("none")
-    reports = {}
-    for name in ["none"] + sorted(m for m in METHODS if m != "none"):
-        engine_dir = out / f"{model}-{name}"
+    dirs = {name: out / f"{model}-{name}" for name in ["none"] + sorted(m for m in METHODS if m != "none")}
+    for name, engine_dir in dirs.items():  # exports first (reused when present), so profiles run back to back
         if not (engine_dir / "manifest.json").is_file():
             export(ExportConfig(method=name, model=model, out=engine_dir, force=True))
-        reports[name] = profile(engine_dir, runs, max_new_tokens)
-    return reports
+    return {name: profile(engine_dir, runs, max_new_tokens) for name, engine_dir in dirs.items()}
 
 
 def table(reports: dict) -> list[str]:

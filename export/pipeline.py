@@ -60,8 +60,7 @@ def export(cfg: ExportConfig, progress=lambda msg: print(msg, file=sys.stderr, f
             path = tmp / f"{name}.onnx"
             export_graph(GraphSpec(name, graph.module, _trace_sample(graph, feed), graph.input_names,
                                    graph.output_names, graph.dims), path, graph.nested or None)
-            diffs = _validate(name, path, runners[name], feed)
-            manifest["graphs"][name] = _graph_record(path, graph)
+            diffs, manifest["graphs"][name] = _validate(name, path, runners[name], feed)
             worst = max((v for o, v in diffs.items() if not o.startswith("kept")), default=0.0)
             progress(f"[export] {k}/{len(plan.graphs)} {name}: exported and validated in "
                      f"{time.perf_counter() - start:.1f}s (max abs diff {worst:.2e}, kept indices identical)")
@@ -118,19 +117,16 @@ def _trace_sample(graph, feed: dict) -> tuple:
     return module_args(graph, sample)
 
 
-def _validate(name, path, runner: TorchRunner, feed) -> dict:
+def _validate(name, path: Path, runner: TorchRunner, feed) -> tuple[dict, dict]:
+    """Max differences against torch, and the graph's I/O record for the manifest, from one ORT session."""
     from engines.onnxruntime_engine import OnnxrtRunner, SessionFromOnnx
     reference = runner.infer(feed)
     with OnnxrtRunner(SessionFromOnnx(path, ["CPUExecutionProvider"]), name) as ort_runner:
-        return compare(name, reference, ort_runner.infer(feed))
-
-
-def _graph_record(path: Path, graph) -> dict:
-    from engines.onnxruntime_engine import OnnxrtRunner, SessionFromOnnx
-    sig = OnnxrtRunner(SessionFromOnnx(path, ["CPUExecutionProvider"])).io_signature()
+        diffs = compare(name, reference, ort_runner.infer(feed))
+        sig = ort_runner.io_signature()
     describe = lambda items: [{"name": n, "dtype": np.dtype(t).name, "shape": s} for n, t, s in items]
-    return {"file": path.name, "data": path.name + ".data", "inputs": describe(sig["inputs"]),
-            "outputs": describe(sig["outputs"])}
+    return diffs, {"file": path.name, "data": path.name + ".data", "inputs": describe(sig["inputs"]),
+                   "outputs": describe(sig["outputs"])}
 
 
 def _replace(tmp: Path, out: Path):

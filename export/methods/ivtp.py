@@ -23,14 +23,10 @@ def build(ckpt, cfg: IvtpConfig) -> MethodPlan:
         stages.append({"name": stage, "where": "llm", "layer": top, "keep": keep})
         spans.append((first, top))
         first = top + 1
-    last = facts["llm_layers"] - 1
-    if first <= last:
-        name = f"prefill.{len(segments)}"
-        graphs[name] = prefill_graph(lm, first, last, None, cfg.group, pseudo_cls=False, head=True)
-        segments.append(segment_entry(name, first, last, head=True))
-        spans.append((first, last))
-    else:  # W covers every layer: the last pruning segment would need a head too
-        raise NotImplementedError("--llm-layers equal to the decoder depth leaves no layer after the last pruning point")
+    last, name = facts["llm_layers"] - 1, f"prefill.{len(segments)}"  # resolve() left at least one layer here
+    graphs[name] = prefill_graph(lm, first, last, None, cfg.group, pseudo_cls=False, head=True)
+    segments.append(segment_entry(name, first, last, head=True))
+    spans.append((first, last))
     graphs.update({"vision": vision_graph(ckpt, vit_points, cfg.group, with_cls=True), "embed": embed_graph(ckpt),
                    "decode": decode_graph(lm, spans)})
     if cfg.use_text:

@@ -31,8 +31,9 @@ def resolve(cfg: IvtpConfig, n_patches: int, feature_layer: int, n_llm_layers: i
     """Returns (vit points {layer: keep}, llm points {layer: keep}) after checking every count is possible."""
     if cfg.group < 1:
         raise ConfigError(f"--group must be >= 1, got {cfg.group}")
-    if not 1 <= cfg.llm_layers <= n_llm_layers:
-        raise ConfigError(f"--llm-layers must be in 1..{n_llm_layers} (the decoder's depth), got {cfg.llm_layers}")
+    if not 1 <= cfg.llm_layers < n_llm_layers:
+        raise ConfigError(f"--llm-layers must be in 1..{n_llm_layers - 1}: at least one of the decoder's {n_llm_layers} "
+                          f"layers must follow the last pruning point, got {cfg.llm_layers}")
     if not -1.0 <= cfg.tau <= 1.0:
         raise ConfigError(f"--tau is a cosine threshold in [-1, 1], got {cfg.tau}")
     vit_tops = group_tops(feature_layer + 1, cfg.group)

@@ -26,7 +26,8 @@ def test_default_schedule_ends_at_keep_and_never_grows():
     (IvtpConfig(vit_keep=(500, 400, 300, 200, 150, 120, 100, 90), llm_keep=(95, 90, 80, 70)),
      "cannot keep 95 tokens when 90 are available"),
     (IvtpConfig(tau=1.5), "--tau is a cosine threshold in [-1, 1]"),
-    (IvtpConfig(llm_layers=40), "--llm-layers must be in 1..32"),
+    (IvtpConfig(llm_layers=40), "--llm-layers must be in 1..31"),
+    (IvtpConfig(llm_layers=32), "at least one of the decoder's 32 layers must follow the last pruning point"),
 ])
 def test_impossible_schedules_are_refused_with_the_reason(cfg, words):
     with pytest.raises(ConfigError, match=words.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
