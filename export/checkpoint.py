@@ -4,6 +4,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import transformers
 from transformers import CLIPModel, LlavaForConditionalGeneration
 
 from runtime.errors import ConfigError
@@ -48,6 +49,7 @@ def load_checkpoint(model: str, clip: str | None, need_clip: bool) -> Checkpoint
     if need_clip and clip_dir is None:
         raise ConfigError("this method scores instruction tokens with CLIP's text encoder: pass --clip PATH "
                           "(the CLIP checkpoint LLaVA's vision tower comes from, e.g. openai/clip-vit-large-patch14-336).")
+    transformers.utils.logging.disable_progress_bar()  # export prints its own progress lines
     llava = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager").eval()
     clip_model = CLIPModel.from_pretrained(clip_dir, dtype=torch.float32).eval() if need_clip else None
     return Checkpoint(model_dir, clip_dir if need_clip else None, llava, clip_model)

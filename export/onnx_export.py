@@ -1,6 +1,7 @@
 """torch.onnx.export (dynamo) with named symbolic dims, flattened I/O names, weights beside the graph."""
 import contextlib
 import io
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,8 @@ def _dynamic_shapes(spec: GraphSpec, flat_names: list[list[str] | str]):
 def export_graph(spec: GraphSpec, path: Path, nested_names=None) -> onnx.ModelProto:
     """Exports spec.module to path (+ path.data for weights). `nested_names` mirrors list inputs."""
     names = nested_names or spec.input_names
+    # The exporter warns on every call that torchvision's ops are not registered; we use none of them.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
