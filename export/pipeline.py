@@ -9,16 +9,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime
+import torch
+import transformers
+from tokenizers import Tokenizer
 
 from export.checkpoint import load_checkpoint
 from export.graphs import model_facts
 from export.methods.registry import get_method
 from export.onnx_export import GraphSpec, export_graph
-from export.torch_runner import TorchRunner
+from export.torch_runner import TorchRunner, module_args
 from export.validate import compare
 from runtime.errors import ConfigError
 from runtime.generator import Generator, Request
 from runtime.manifest import FORMAT, MANIFEST, Manifest, sha256
+from runtime.preprocess import ImagePreprocessConfig
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 LLAVA_15_TEMPLATE = "USER: <image>\n{prompt} ASSISTANT:"
@@ -88,11 +94,8 @@ def _base_manifest(cfg: ExportConfig, ckpt, plan, tmp: Path) -> dict:
     facts["eos_token_id"] = eos[0] if isinstance(eos, list) else eos
     pad = llava.config.text_config.pad_token_id
     facts["pad_token_id"] = pad if pad is not None else facts["eos_token_id"]
-    from tokenizers import Tokenizer
     image_token = Tokenizer.from_file(str(tmp / "tokenizer" / "llm.json")).id_to_token(facts["image_token_id"])
-    from runtime.preprocess import ImagePreprocessConfig
     vision_stages = [s for s in plan.stages if s["where"] == "vision"]
-    import onnx, onnxruntime, torch, transformers
     return {
         "format": FORMAT, "method": cfg.method, "config": plan.config, "stages": plan.stages,
         "pipeline": plan.pipeline, "model": facts,
@@ -109,7 +112,6 @@ def _base_manifest(cfg: ExportConfig, ckpt, plan, tmp: Path) -> dict:
 
 def _trace_sample(graph, feed: dict) -> tuple:
     """Batch 2 and (for decode) two new tokens, so the exporter keeps those dims symbolic."""
-    from export.torch_runner import module_args
     sample = {k: np.concatenate([v, v]) for k, v in feed.items()}
     if "position_ids" in sample:
         sample["inputs_embeds"] = np.concatenate([sample["inputs_embeds"]] * 2, 1)

@@ -54,13 +54,12 @@ class Timer:
 class Generator:
     def __init__(self, manifest, engines: dict):
         self.m, self.engines, self.pipe = manifest, engines, manifest.pipeline
-        model = manifest["model"]
-        self.facts = model
+        self.facts = manifest["model"]
         self.prompts = PromptTokenizer(manifest.path(manifest["tokenizers"]["llm"]), manifest["prompt_template"],
                                        manifest["image_token"])
         self.clip = ClipTokenWindows(manifest.path(manifest["tokenizers"]["clip"])) if self.pipe.get("text_encoder") else None
         self.preprocess_cfg = ImagePreprocessConfig.from_dict(manifest["preprocess"])
-        self.eos, self.pad = model["eos_token_id"], model["pad_token_id"]
+        self.eos, self.pad = self.facts["eos_token_id"], self.facts["pad_token_id"]
         self.vision_tokens = manifest["vision_tokens_out"]  # visual tokens entering the LLM
 
     # ------------------------------------------------------------------ public
@@ -76,14 +75,11 @@ class Generator:
         prefill_ms = (time.perf_counter() - start) * 1e3
         tokens = self._decode(logits, state, prompts, max_new_tokens, timer)
         total_ms = (time.perf_counter() - start) * 1e3
-        results = []
-        for b, p in enumerate(prompts):
-            timings = {**{k: round(v, 3) for k, v in timer.ms.items()}, "prefill_total": round(prefill_ms, 3),
-                       "decode_total": round(total_ms - prefill_ms, 3), "total": round(total_ms, 3)}
-            results.append(Result(self.prompts.decode(tokens[b]), tokens[b], p.input_ids,
-                                  [{"name": s, "kept": k[b].tolist()} for s, k in stages], timings, relevant[b],
-                                  kv_bytes))
-        return results
+        timings = {**{k: round(v, 3) for k, v in timer.ms.items()}, "prefill_total": round(prefill_ms, 3),
+                   "decode_total": round(total_ms - prefill_ms, 3), "total": round(total_ms, 3)}
+        return [Result(self.prompts.decode(tokens[b]), tokens[b], p.input_ids,
+                       [{"name": s, "kept": k[b].tolist()} for s, k in stages], dict(timings), relevant[b], kv_bytes)
+                for b, p in enumerate(prompts)]
 
     # ------------------------------------------------------------------ prefill
     def _prefill(self, prompts: list[Prompt], pixels, timer):
@@ -137,6 +133,7 @@ class Generator:
         for b, p in enumerate(prompts):
             if self.clip is None:  # no-instruction ablation: the visual CLS guides the LLM stage
                 out.append(vision["cls_llm"][b])
+                relevant.append([])
                 continue
             clip_ids, clip_spans = self.clip.encode(p.text)
             emb = timer.run(self.engines[self.pipe["text_encoder"]], "text_encoder", {"input_ids": clip_ids})
@@ -144,7 +141,7 @@ class Generator:
             chosen = select_tokens(map_to_llm(p.suffix_spans, scores), p.suffix_spans, self.pipe["tau"])
             out.append(pseudo_cls(suffix_embeds[b], chosen, vision["cls_llm"][b]))
             relevant.append(chosen.tolist())
-        return np.stack(out), relevant or [[] for _ in prompts]
+        return np.stack(out), relevant
 
     # ------------------------------------------------------------------ decode
     def _decode(self, logits, state, prompts, max_new_tokens, timer):
