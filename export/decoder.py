@@ -8,8 +8,9 @@ and is never cached.
 import torch
 from torch import nn
 
-from export.layers import additive_mask, llama_attend, llama_finish, llama_qkv, rope_cos_sin
-from export.rollout import gather_tokens, rollout_cls_row, select_top_k
+from export.layers import additive_mask, llama_attend, llama_finish, llama_qkv, repeat_kv, rope_cos_sin
+from export.llm_pruners import SegmentView
+from export.rollout import gather_tokens, group_cls_row, select_top_k
 
 
 def causal_window(n_new: int, n_keys: int, device) -> torch.Tensor:
@@ -34,32 +35,43 @@ class LanguageModelParts(nn.Module):
 
 class PrefillSegment(nn.Module):
     """Decoder layers [first, last] over the prompt. With `keep`, prunes the visual block after `last` by
-    GTP rollout (over the last `group` layers) of the pseudo-CLS row; with `head`, ends with the logits."""
+    GTP (rollout or fusion over the last `group` layers) of the pseudo-CLS row; with `pruner`, by a rule read
+    from the last layer's attention (FastV, ATP); with `head`, ends with the logits. `visual_mask` marks the
+    real tokens of a visual block padded to the longest in the batch (after ATP's per-request counts)."""
 
     def __init__(self, lm: LanguageModelParts, first: int, last: int, keep: int | None = None,
-                 group: int = 3, head: bool = False):
+                 group: int = 3, head: bool = False, pruner: nn.Module | None = None, fusion: str = "rollout"):
         super().__init__()
-        self.lm, self.first, self.last, self.keep, self.head = lm, first, last, keep, head
+        self.lm, self.first, self.last, self.keep, self.head, self.pruner = lm, first, last, keep, head, pruner
+        self.fusion = fusion
         self.rollout_layers = set(range(max(first, last - group + 1), last + 1)) if keep else set()
 
     def forward(self, prefix, visual, suffix, visual_positions, suffix_positions, suffix_mask,
-                pseudo_cls=None, pseudo_cls_position=None):
+                pseudo_cls=None, pseudo_cls_position=None, visual_mask=None, thresholds=None):
         batch, n_pre, n_vis = prefix.shape[0], prefix.shape[1], visual.shape[1]
         n_sys_vis = n_pre + n_vis
         x = torch.cat([prefix, visual, suffix], dim=1)
         pre_pos = torch.arange(n_pre, device=x.device).expand(batch, n_pre)
         cos, sin = rope_cos_sin(self.lm.inv_freq, torch.cat([pre_pos, visual_positions, suffix_positions], 1))
-        valid = torch.cat([torch.ones(batch, n_sys_vis, dtype=torch.bool, device=x.device), suffix_mask > 0], 1)
+        if visual_mask is None:
+            visual_mask = torch.ones(batch, n_vis, dtype=suffix_mask.dtype, device=x.device)
+        valid = torch.cat([torch.ones(batch, n_pre, dtype=torch.bool, device=x.device), visual_mask > 0,
+                           suffix_mask > 0], 1)
         bias = additive_mask(causal_window(x.shape[1], x.shape[1], x.device), valid)
         if pseudo_cls is not None:
             p_cos, p_sin = rope_cos_sin(self.lm.inv_freq, pseudo_cls_position)
-        presents, block_attns, v_norm = [], [], None
+        presents, block_attns, v_norm, order, count = [], [], None, None, None
         for i in range(self.first, self.last + 1):
             layer = self.lm.layers[i]
             need = i in self.rollout_layers
             q, k, v, v_flat = llama_qkv(layer, x, cos, sin)
             out, probs = llama_attend(layer, q, k, v, bias, need_probs=need)
             presents += [k, v]
+            if self.pruner is not None and i == self.last:
+                view = SegmentView(n_pre, n_vis, suffix_mask, visual_mask, visual_positions)
+                n_rep = layer.self_attn.num_key_value_groups
+                extra = {} if thresholds is None else {"thresholds": thresholds}
+                order, count = self.pruner(q, repeat_kv(k, n_rep), bias, layer.self_attn.scaling, view, **extra)
             if pseudo_cls is not None:
                 pq, pk, pv, _ = llama_qkv(layer, pseudo_cls, p_cos, p_sin)
                 keys, values = torch.cat([k[:, :, :n_sys_vis], pk], 2), torch.cat([v[:, :, :n_sys_vis], pv], 2)
@@ -71,11 +83,14 @@ class PrefillSegment(nn.Module):
             v_norm = v_flat.norm(dim=-1)
         outputs = {}
         if self.keep is not None:
-            cls_row = rollout_cls_row(block_attns)
+            cls_row = group_cls_row(block_attns, self.fusion)
             score = cls_row[:, 1:] * v_norm[:, n_pre:n_sys_vis]
-            kept = select_top_k(score, self.keep)
-            outputs["kept"] = kept
-            visual_out = gather_tokens(x[:, n_pre:n_sys_vis], kept)
+            order = select_top_k(score, self.keep)
+        if order is not None:
+            outputs["kept"] = order
+            if count is not None:
+                outputs["kept_count"] = count
+            visual_out = gather_tokens(x[:, n_pre:n_sys_vis], order)
         else:
             visual_out = x[:, n_pre:n_sys_vis]
         if self.head:

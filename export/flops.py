@@ -61,10 +61,12 @@ def _from_stages(stages: list, vision_out, dims: dict) -> dict:
     """Any method, from an engine dir's stages: vision ones prune after a ViT layer, llm ones after a decoder one."""
     points = {"vision": {}, "llm": {}}
     for s in stages:
-        where, layer, keep = s.get("where"), s.get("layer"), s.get("keep")
+        where, layer = s.get("where"), s.get("layer")
+        keep = s["keep"] if s.get("keep") is not None else s.get("mean_keep")  # adaptive: calibrated mean count
         limit = dims["feature_layer"] if where == "vision" else dims["llm_layers"] - 1
-        if where not in points or not isinstance(layer, int) or not 0 <= layer <= limit or not isinstance(keep, int):
-            raise ConfigError(f"stage {s} needs where 'vision' or 'llm', a layer in 0..{limit} and an integer keep")
+        if where not in points or not isinstance(layer, int) or not 0 <= layer <= limit or not isinstance(keep, (int, float)):
+            raise ConfigError(f"stage {s} needs where 'vision' or 'llm', a layer in 0..{limit} and an integer keep "
+                              "(or, for adaptive methods, the calibrated mean_keep)")
         points[where][layer] = keep
     vit, out = _run(dims["num_patches"], points["vision"], dims["feature_layer"] + 1)
     # vision_tokens_out: what enters the LLM, also for methods that prune there without a vision stage

@@ -56,11 +56,12 @@ def vision_feature_layer(ckpt: Checkpoint) -> int:
     return cfg.vision_feature_layer % (n + 1) - 1  # hidden_states[k] is the output of layer k-1
 
 
-def vision_graph(ckpt: Checkpoint, prune_after: dict[int, tuple[int, str]], group: int, with_cls: bool) -> GraphDef:
+def vision_graph(ckpt: Checkpoint, prune_after: dict[int, tuple[int, str]], group: int, with_cls: bool,
+                 fusion: str = "rollout") -> GraphDef:
     m = ckpt.llava.model
     projection = ckpt.clip.visual_projection if with_cls else None
     module = PrunedVision(m.vision_tower, m.multi_modal_projector, projection, vision_feature_layer(ckpt),
-                          prune_after, group)
+                          prune_after, group, fusion)
     stages = [stage for _, (_, stage) in sorted(prune_after.items())]
     outputs = io.VISION_OUT + [io.kept_name(s) for s in stages] + (io.VISION_CLS_OUT if with_cls else [])
     return GraphDef(module, io.VISION_IN, outputs, {"pixel_values": BATCH})
@@ -81,17 +82,27 @@ def language_model(ckpt: Checkpoint) -> LanguageModelParts:
 
 
 def prefill_graph(lm: LanguageModelParts, first: int, last: int, keep: int | None, group: int,
-                  pseudo_cls: bool, head: bool) -> GraphDef:
-    module = PrefillSegment(lm, first, last, keep, group, head)
-    inputs = io.PREFILL_IN + (io.PSEUDO_CLS_IN if pseudo_cls else [])
-    outputs = (io.KEPT_OUT if keep else []) + (io.LOGITS_OUT if head else io.HIDDEN_OUT)
+                  pseudo_cls: bool, head: bool, pruner: nn.Module | None = None, visual_mask: bool = False,
+                  thresholds: bool = False, fusion: str = "rollout") -> GraphDef:
+    """A prefill segment graph. Optional inputs keep their place in the module's signature (None where absent)."""
+    module = PrefillSegment(lm, first, last, keep, group, head, pruner, fusion)
+    optional = [(io.PSEUDO_CLS_IN, pseudo_cls), (io.VISUAL_MASK_IN, visual_mask), (io.THRESHOLDS_IN, thresholds)]
+    structure = io.PREFILL_IN + [name if used else None for names, used in optional for name in names]
+    while structure[-1] is None:
+        structure.pop()
+    inputs = [n for n in structure if n is not None]
+    prunes = keep is not None or pruner is not None
+    outputs = (io.KEPT_OUT if prunes else []) + (io.KEPT_COUNT_OUT if getattr(pruner, "variable_count", False) else [])
+    outputs += io.LOGITS_OUT if head else io.HIDDEN_OUT
     outputs += io.PSEUDO_CLS_OUT if pseudo_cls and not head else []
     outputs += io.kv_names("present", range(first, last + 1))
     dims = {"prefix_embeds": {0: "batch", 1: "prefix"}, "visual_embeds": {0: "batch", 1: "visual_tokens"},
             "suffix_embeds": {0: "batch", 1: "suffix"}, "visual_positions": {0: "batch", 1: "visual_tokens"},
             "suffix_positions": {0: "batch", 1: "suffix"}, "suffix_mask": {0: "batch", 1: "suffix"},
-            "pseudo_cls": BATCH, "pseudo_cls_position": BATCH}
-    return GraphDef(module, inputs, outputs, {k: v for k, v in dims.items() if k in inputs})
+            "pseudo_cls": BATCH, "pseudo_cls_position": BATCH, "visual_mask": {0: "batch", 1: "visual_tokens"},
+            "thresholds": BATCH}
+    return GraphDef(module, inputs, outputs, {k: v for k, v in dims.items() if k in inputs},
+                    nested=structure if structure != inputs else [])
 
 
 def decode_graph(lm: LanguageModelParts, segments: list[tuple[int, int]]) -> GraphDef:

@@ -33,6 +33,8 @@ def _dynamic_shapes(spec: GraphSpec, flat_names: list[list[str] | str]):
         return dims.setdefault(name, Dim(name.replace(".", "_"), min=1))
 
     def shapes_for(name):
+        if name is None:  # an optional input left out of this graph
+            return None
         return {axis: dim(d) for axis, d in spec.dims.get(name, {}).items()} or None
 
     return tuple([shapes_for(n) for n in item] if isinstance(item, list) else shapes_for(item) for item in flat_names)

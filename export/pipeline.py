@@ -57,6 +57,11 @@ def export(cfg: ExportConfig, progress=lambda msg: print(msg, file=sys.stderr, f
     try:
         manifest = _base_manifest(cfg, ckpt, plan, tmp)
         runners = {name: TorchRunner(name, graph) for name, graph in plan.graphs.items()}
+        if plan.calibrate:
+            progress("[export] calibrating the method's constants with the PyTorch reference")
+            plan.calibrate(Generator(Manifest(tmp, manifest), runners), progress)
+            for runner in runners.values():
+                runner.feeds.clear()
         progress("[export] running the PyTorch reference once to capture real inputs for every graph")
         Generator(Manifest(tmp, manifest), runners).generate([SAMPLE], max_new_tokens=2)
         manifest["graphs"] = {}
@@ -99,7 +104,7 @@ def _base_manifest(cfg: ExportConfig, ckpt, plan, tmp: Path) -> dict:
     return {
         "format": FORMAT, "method": cfg.method, "config": plan.config, "stages": plan.stages,
         "pipeline": plan.pipeline, "model": facts,
-        "vision_tokens_out": vision_stages[-1]["keep"] if vision_stages else facts["num_patches"],
+        "vision_tokens_out": plan.vision_tokens or (vision_stages[-1]["keep"] if vision_stages else facts["num_patches"]),
         "preprocess": ImagePreprocessConfig.from_hf_dict(ckpt.preprocessor_config).to_dict(),
         "prompt_template": cfg.prompt_template, "image_token": image_token, "tokenizers": tokenizers,
         "source": {"model": str(ckpt.model_dir), "clip": str(ckpt.clip_dir) if ckpt.clip_dir else None},

@@ -79,7 +79,8 @@ def profile(engine_dir, runs: int = 5, max_new_tokens: int = 16, request: Reques
     dims, text_tokens = manifest["model"], len(result.input_ids) - 1
     pruned = flops_report(str(engine_dir), manifest["method"], text_tokens)
     unpruned = count_flops(dims, visual_tokens_per_layer("none", {}, dims), text_tokens, False)
-    final = len(result.stages[-1]["kept"]) if result.stages else manifest["vision_tokens_out"]
+    in_llm = [s for s, spec in zip(result.stages, manifest["stages"]) if spec["where"] == "llm"]
+    final = len(in_llm[-1]["kept"]) if in_llm else manifest["vision_tokens_out"]  # merged tokens count too
     return {
         "method": manifest["method"], "runs": runs, "max_new_tokens": max_new_tokens, "text_tokens": text_tokens,
         "engines": {**measured, "peak_rss_mb": engines_rss, "provider": provider or "best available"},

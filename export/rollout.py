@@ -24,6 +24,20 @@ def rollout_cls_row(attns: list[torch.Tensor]) -> torch.Tensor:
     raise ValueError("rollout needs at least one attention map")
 
 
+def fused_cls_row(attns: list[torch.Tensor]) -> torch.Tensor:
+    """Weighted multi-layer fusion (the IVTP write-up's alternative to rollout): sum_l w_l A_l[cls], with
+    weights growing with depth (w_l proportional to l = 1..n), since later layers see more context."""
+    weights = [l / (len(attns) * (len(attns) + 1) / 2) for l in range(1, len(attns) + 1)]
+    return sum(w * a[:, 0] for w, a in zip(weights, attns))
+
+
+FUSIONS = {"rollout": rollout_cls_row, "weighted": fused_cls_row}
+
+
+def group_cls_row(attns: list[torch.Tensor], fusion: str = "rollout") -> torch.Tensor:
+    return FUSIONS[fusion](attns)
+
+
 def select_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices [B, k] of the k highest scores, sorted ascending (raster order)."""
     top = torch.topk(scores, k, dim=-1).indices

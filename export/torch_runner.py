@@ -21,7 +21,8 @@ class TorchRunner:
 def module_args(graph: GraphDef, feed: dict) -> tuple:
     tensor = lambda n: torch.from_numpy(np.ascontiguousarray(feed[n]))
     structure = graph.nested or graph.input_names
-    return tuple([tensor(n) for n in item] if isinstance(item, list) else tensor(item) for item in structure)
+    arg = lambda n: None if n is None else tensor(n)  # None: an optional input this graph does not take
+    return tuple([tensor(n) for n in item] if isinstance(item, list) else arg(item) for item in structure)
 
 
 def outputs_by_name(graph: GraphDef, out) -> dict[str, np.ndarray]:

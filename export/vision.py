@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from export.layers import clip_layer, clip_layer_cls_only
-from export.rollout import gather_tokens, rollout_cls_row, select_top_k
+from export.rollout import gather_tokens, group_cls_row, select_top_k
 
 
 class PrunedVision(nn.Module):
@@ -18,11 +18,11 @@ class PrunedVision(nn.Module):
     """
 
     def __init__(self, vision_tower, projector, visual_projection, feature_layer: int,
-                 prune_after: dict[int, tuple[int, str]], group: int):
+                 prune_after: dict[int, tuple[int, str]], group: int, fusion: str = "rollout"):
         super().__init__()
         self.tower, self.projector, self.visual_projection = vision_tower, projector, visual_projection
         self.feature_layer = feature_layer
-        self.prune_after = dict(prune_after)
+        self.prune_after, self.fusion = dict(prune_after), fusion
         # layers whose attention a pruning point rolls out: the group ending at each point
         self.rollout_layers = {l for top in prune_after for l in range(max(0, top - group + 1), top + 1)}
 
@@ -38,7 +38,7 @@ class PrunedVision(nn.Module):
             if attn is not None:
                 group_attns.append(attn)
             if keep is not None:
-                cls_row = rollout_cls_row(group_attns)
+                cls_row = group_cls_row(group_attns, self.fusion)
                 score = cls_row[:, 1:] * v_norm[:, 1:]  # CLS itself excluded; normalising would not change the order
                 kept = select_top_k(score, keep)
                 ids = torch.gather(ids, 1, kept)

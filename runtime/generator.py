@@ -78,16 +78,16 @@ class Generator:
         timings = {**{k: round(v, 3) for k, v in timer.ms.items()}, "prefill_total": round(prefill_ms, 3),
                    "decode_total": round(total_ms - prefill_ms, 3), "total": round(total_ms, 3)}
         return [Result(self.prompts.decode(tokens[b]), tokens[b], p.input_ids,
-                       [{"name": s, "kept": k[b].tolist()} for s, k in stages], dict(timings), relevant[b], kv_bytes)
-                for b, p in enumerate(prompts)]
+                       [{"name": s, "kept": k[b, :n[b]].tolist()} for s, k, n in stages], dict(timings), relevant[b],
+                       kv_bytes) for b, p in enumerate(prompts)]
 
     # ------------------------------------------------------------------ prefill
     def _prefill(self, prompts: list[Prompt], pixels, timer):
         pipe, run = self.pipe, self.engines
         vision = timer.run(run[pipe["vision"]], "vision", {"pixel_values": pixels})
-        stages = [(s["name"], vision[io.kept_name(s["name"])]) for s in self.m["stages"] if s["where"] == "vision"]
         batch = len(prompts)
-        ids = stages[-1][1] if stages else np.tile(np.arange(self.facts["num_patches"]), (batch, 1))
+        stages = [(s["name"], k, np.full(batch, k.shape[1])) for s in self.m["stages"] if s["where"] == "vision"
+                  for k in [vision[io.kept_name(s["name"])]]]
         prefix_lens = {len(p.prefix_ids) for p in prompts}
         assert len(prefix_lens) == 1, "the template puts the same text before the image in every request"
         n_pre = prefix_lens.pop()
@@ -97,6 +97,9 @@ class Generator:
         prefix, suffix = embed(prefix_ids), embed(suffix_ids)
         visual = vision["image_features"]
         n_vis = visual.shape[1]
+        # raster ids of the tokens entering the LLM, for LLM stages to report (merging methods have none)
+        aligned = stages and stages[-1][1].shape[1] == n_vis
+        ids = stages[-1][1] if aligned else np.tile(np.arange(n_vis), (batch, 1))
         visual_pos = np.tile(np.arange(n_pre, n_pre + n_vis, dtype=np.int64), (batch, 1))
         suffix_pos = np.tile(np.arange(n_pre + n_vis, n_pre + n_vis + suffix_ids.shape[1], dtype=np.int64), (batch, 1))
         relevant = [[] for _ in prompts]
@@ -106,25 +109,32 @@ class Generator:
             feed_pcls = {"pseudo_cls": pcls[:, None].astype(np.float32),
                          "pseudo_cls_position": np.full((batch, 1), n_pre + n_vis, dtype=np.int64)}
         state = {"past": {}, "masks": [], "next_pos": n_pre + n_vis + suffix_mask.sum(1)}
+        visual_mask = np.ones((batch, n_vis), np.int64)
         for seg in pipe["segments"]:
             feed = {"prefix_embeds": prefix, "visual_embeds": visual, "suffix_embeds": suffix,
                     "visual_positions": visual_pos, "suffix_positions": suffix_pos, "suffix_mask": suffix_mask}
             if seg["pseudo_cls"]:
                 feed.update(feed_pcls)
+            if seg.get("visual_mask"):
+                feed["visual_mask"] = visual_mask
+            if seg.get("thresholds") is not None:
+                feed["thresholds"] = np.tile(np.asarray(seg["thresholds"], np.float32), (batch, 1))
             out = timer.run(run[seg["graph"]], seg["graph"], feed)
             first, last = seg["layers"]
             for i in range(first, last + 1):
                 state["past"][i] = (out[f"present.{i}.key"], out[f"present.{i}.value"])
-            state["masks"].append(np.concatenate([np.ones((batch, n_pre + visual.shape[1]), np.int64), suffix_mask], 1))
+            state["masks"].append(np.concatenate([np.ones((batch, n_pre), np.int64), visual_mask, suffix_mask], 1))
             if seg["head"]:
                 return out["logits"], state, stages, relevant
             prefix, visual, suffix = out["prefix_hidden"], out["visual_hidden"], out["suffix_hidden"]
             if seg["pseudo_cls"]:
                 feed_pcls["pseudo_cls"] = out["pseudo_cls_hidden"]
-            if seg["keep"]:
-                kept = out["kept"]
+            if "kept" in out:
+                kept, counts = out["kept"], out.get("kept_count", np.full(batch, out["kept"].shape[1]))
+                kept, visual = kept[:, :counts.max()], visual[:, :counts.max()]  # longest request sets the width
+                visual_mask = (np.arange(kept.shape[1]) < counts[:, None]).astype(np.int64)
                 ids, visual_pos = np.take_along_axis(ids, kept, 1), np.take_along_axis(visual_pos, kept, 1)
-                stages.append((seg["stage"], ids))
+                stages.append((seg["stage"], ids, counts))
         raise RuntimeError("the manifest's last segment has no head")
 
     def _pseudo_cls(self, prompts, vision, suffix_embeds, timer):

@@ -7,9 +7,11 @@ TEXT_IN, TEXT_OUT = ["input_ids"], ["token_embeddings"]
 EMBED_IN, EMBED_OUT = ["input_ids"], ["inputs_embeds"]
 PREFILL_IN = ["prefix_embeds", "visual_embeds", "suffix_embeds", "visual_positions", "suffix_positions", "suffix_mask"]
 PSEUDO_CLS_IN = ["pseudo_cls", "pseudo_cls_position"]
+VISUAL_MASK_IN = ["visual_mask"]  # segments whose visual block is padded (per-request counts, ATP)
+THRESHOLDS_IN = ["thresholds"]  # ATP's calibrated (theta_r, theta_s), fed from the manifest
 HIDDEN_OUT = ["prefix_hidden", "visual_hidden", "suffix_hidden"]
 PSEUDO_CLS_OUT = ["pseudo_cls_hidden"]
-KEPT_OUT, LOGITS_OUT = ["kept"], ["logits"]
+KEPT_OUT, KEPT_COUNT_OUT, LOGITS_OUT = ["kept"], ["kept_count"], ["logits"]
 
 
 def kept_name(stage: str) -> str:

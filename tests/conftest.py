@@ -33,13 +33,26 @@ def _export(tmp_path_factory, method, **knobs):
 
 
 @pytest.fixture(scope="session")
-def none_dir(tiny, tmp_path_factory):
-    return _export(tmp_path_factory, "none")
+def exported(tiny, tmp_path_factory):
+    """exported(method, **knobs) -> engine dir of the tiny model; each (method, knobs) is exported once."""
+    cache = {}
+
+    def get(method, **knobs):
+        key = (method, tuple(sorted(knobs.items())))
+        if key not in cache:
+            cache[key] = _export(tmp_path_factory, method, **knobs)
+        return cache[key]
+    return get
 
 
 @pytest.fixture(scope="session")
-def ivtp_dir(tiny, tmp_path_factory):
-    return _export(tmp_path_factory, "ivtp")
+def none_dir(exported):
+    return exported("none")
+
+
+@pytest.fixture(scope="session")
+def ivtp_dir(exported):
+    return exported("ivtp")
 
 
 @pytest.fixture(scope="session")

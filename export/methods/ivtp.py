@@ -18,7 +18,8 @@ def build(ckpt, cfg: IvtpConfig) -> MethodPlan:
     lm, graphs, segments, spans, first = language_model(ckpt), {}, [], [], 0
     for j, (top, keep) in enumerate(llm.items()):
         name, stage = f"prefill.{j}", f"llm.l{top}"
-        graphs[name] = prefill_graph(lm, first, top, keep, cfg.group, pseudo_cls=True, head=False)
+        graphs[name] = prefill_graph(lm, first, top, keep, cfg.group, pseudo_cls=True, head=False,
+                                     fusion=cfg.fusion)
         segments.append(segment_entry(name, first, top, stage, keep, pseudo_cls=True))
         stages.append({"name": stage, "where": "llm", "layer": top, "keep": keep})
         spans.append((first, top))
@@ -27,7 +28,7 @@ def build(ckpt, cfg: IvtpConfig) -> MethodPlan:
     graphs[name] = prefill_graph(lm, first, last, None, cfg.group, pseudo_cls=False, head=True)
     segments.append(segment_entry(name, first, last, head=True))
     spans.append((first, last))
-    graphs.update({"vision": vision_graph(ckpt, vit_points, cfg.group, with_cls=True), "embed": embed_graph(ckpt),
+    graphs.update({"vision": vision_graph(ckpt, vit_points, cfg.group, with_cls=True, fusion=cfg.fusion), "embed": embed_graph(ckpt),
                    "decode": decode_graph(lm, spans)})
     if cfg.use_text:
         graphs["text_encoder"] = text_encoder_graph(ckpt)

@@ -1,19 +1,23 @@
 """IVTP's keep-count schedule: one count per GTP group, in the ViT and in the first W decoder layers."""
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from export.rollout import FUSIONS
 from runtime.errors import ConfigError
 
 
 @dataclass(frozen=True)
 class IvtpConfig:
-    keep: int = 64                      # visual tokens left after the last LLM pruning point
-    vit_keep: tuple[int, ...] | None = None  # per ViT group; default derived from keep
-    llm_keep: tuple[int, ...] | None = None  # per LLM group; default derived from keep
-    llm_layers: int = 12                # W: the decoder layers that prune
-    group: int = 3                      # layers per GTP group
-    tau: float = 0.2                    # CLIP cosine threshold for instruction tokens; -1 keeps every token
-    use_text: bool = True               # False: the visual CLS guides the LLM stage (no-instruction ablation)
+    keep: int = field(default=64, metadata={"help": "visual tokens left after the last pruning point"})
+    vit_keep: tuple[int, ...] | None = field(default=None, metadata={"help": "comma-separated keep count per ViT group"})
+    llm_keep: tuple[int, ...] | None = field(default=None, metadata={"help": "comma-separated keep count per LLM group"})
+    llm_layers: int = field(default=12, metadata={"help": "W: the decoder layers that prune"})
+    group: int = field(default=3, metadata={"help": "layers per GTP group (1: layer-wise scoring)"})
+    tau: float = field(default=0.2, metadata={"help": "CLIP relevance threshold in [-1, 1]; -1 keeps every token"})
+    fusion: str = field(default="rollout", metadata={
+        "help": "how a group's attention maps combine: rollout (the paper) or weighted (depth-weighted sum)"})
+    use_text: bool = field(default=True, metadata={
+        "flag": "--no-text", "help": "ablation: the visual CLS guides the LLM stage instead of the instruction"})
 
 
 def group_tops(n_layers: int, group: int) -> list[int]:
@@ -29,6 +33,8 @@ def default_vit_keep(n_patches: int, n_groups: int, final: int) -> list[int]:
 
 def resolve(cfg: IvtpConfig, n_patches: int, feature_layer: int, n_llm_layers: int):
     """Returns (vit points {layer: keep}, llm points {layer: keep}) after checking every count is possible."""
+    if cfg.fusion not in FUSIONS:
+        raise ConfigError(f"--fusion must be one of {', '.join(FUSIONS)}, got {cfg.fusion!r}")
     if cfg.group < 1:
         raise ConfigError(f"--group must be >= 1, got {cfg.group}")
     if not 1 <= cfg.llm_layers < n_llm_layers:

@@ -24,9 +24,13 @@ def register(name: str, config_type: type, needs_clip: bool, summary: str):
     return wrap
 
 
-def get_method(name: str) -> MethodEntry:
+def all_methods() -> dict[str, MethodEntry]:
     from export import methods  # noqa: F401  (importing the package registers every method)
-    if name not in METHODS:
+    return METHODS
+
+
+def get_method(name: str) -> MethodEntry:
+    if name not in all_methods():
         from runtime.errors import ConfigError
         raise ConfigError(f"unknown method {name!r}; choose one of: {', '.join(sorted(METHODS))}")
     return METHODS[name]

@@ -45,3 +45,18 @@ def test_identity_term_makes_vit_renormalisation_one_half():
 def test_select_top_k_returns_raster_order():
     scores = torch.tensor([[0.1, 0.9, 0.3, 0.8, 0.05, 0.7]])
     assert select_top_k(scores, 3).tolist() == [[1, 3, 5]]
+
+
+def test_weighted_fusion_weights_deeper_layers_more_and_sums_cls_rows():
+    from export.rollout import group_cls_row
+    attns = [torch.zeros(1, 3, 3) for _ in range(3)]
+    for layer, a in enumerate(attns):
+        a[0, 0, layer] = 1.0  # layer l's CLS attends only to token l
+    assert torch.allclose(group_cls_row(attns, "weighted"), torch.tensor([[1 / 6, 2 / 6, 3 / 6]]))
+
+
+def test_layer_wise_scoring_is_the_raw_cls_row_of_one_layer():
+    from export.rollout import group_cls_row
+    a = random_attn(2, 7, seed=5)
+    assert torch.equal(group_cls_row([a], "rollout"), a[:, 0])
+    assert torch.allclose(group_cls_row([a], "weighted"), a[:, 0])
