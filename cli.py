@@ -6,13 +6,6 @@ from pathlib import Path
 
 from runtime.errors import PruneDeployError
 
-KNOBS = {  # flag -> (config field, parser): methods declare the fields, the CLI only spells them
-    "keep": ("keep", int), "vit_keep": ("vit_keep", lambda s: tuple(int(x) for x in s.split(","))),
-    "llm_keep": ("llm_keep", lambda s: tuple(int(x) for x in s.split(","))), "llm_layers": ("llm_layers", int),
-    "group": ("group", int), "tau": ("tau", float), "no_text": ("use_text", lambda v: not v),
-}
-
-
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -32,13 +25,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--clip", help="CLIP checkpoint dir (text encoder for IVTP); embedded models bring their own")
     e.add_argument("--out", required=True, type=Path, help="engine dir to write")
     e.add_argument("--force", action="store_true", help="replace --out if it exists")
-    e.add_argument("--keep", type=int, help="final visual tokens (IVTP default 64)")
-    e.add_argument("--vit-keep", help="IVTP: comma-separated keep count per ViT group")
-    e.add_argument("--llm-keep", help="IVTP: comma-separated keep count per LLM group")
-    e.add_argument("--llm-layers", type=int, help="IVTP: decoder layers that prune (W, default 12)")
-    e.add_argument("--group", type=int, help="IVTP: layers per GTP group (default 3)")
-    e.add_argument("--tau", type=float, help="IVTP: CLIP relevance threshold in [-1, 1] (default 0.2)")
-    e.add_argument("--no-text", action="store_true", default=None, help="IVTP ablation: no instruction guidance")
+    for knob in method_knobs().values():
+        e.add_argument(knob.flag, dest=knob.field, default=None, help=knob.help,
+                       **({"action": "store_true"} if knob.parse is bool else {}))
     e.set_defaults(func=cmd_export)
 
     r = sub.add_parser("run", help="generate with an engine dir")
@@ -79,23 +68,78 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--out", type=Path, required=True, help="PNG to write")
     v.set_defaults(func=cmd_visualize)
 
+    c = sub.add_parser("check", help="static TensorRT-readiness checks of an exported engine dir (no GPU needed)")
+    c.add_argument("engine_dir", type=Path)
+    c.add_argument("--strict", action="store_true", help="fail on warnings too")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_check)
+
+    b = sub.add_parser("build", help="build TensorRT plans (one per graph) from an exported engine dir")
+    b.add_argument("engine_dir", type=Path)
+    b.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8", "fp8"], required=True,
+                   help="fp16/bf16 need TensorRT 10.x; int8/fp8 need Q/DQ graphs")
+    b.add_argument("--out", type=Path, help="engine dir to write (default: ENGINE_DIR.trt)")
+    b.add_argument("--workspace", type=int, default=4096, help="TensorRT workspace limit in MiB")
+    b.add_argument("--max-batch", type=int, default=4, help="largest batch the plans accept")
+    b.set_defaults(func=cmd_build)
+
+    ta = sub.add_parser("train-atp", help="train ATP's threshold heads (LLM frozen) for `export --method atp --heads`")
+    ta.add_argument("--model", default="tiny", help="'tiny' (embedded) or a llava-hf checkpoint dir")
+    ta.add_argument("--out", required=True, type=Path, help="heads file to write (.safetensors)")
+    ta.add_argument("--points", default="3,13,23", help="decoder layers after which ATP prunes")
+    ta.add_argument("--keep", type=float, default=144,
+                    help="target mean visual tokens per decoder layer (Eq. 13, the paper's 'average token count')")
+    ta.add_argument("--steps", type=int, default=30)
+    ta.add_argument("--batch", type=int, default=4, help="requests per step (Eq. 13 averages over the batch)")
+    ta.add_argument("--lr", type=float, default=0.05, help="Adam rate of the threshold biases (weights: 1/100)")
+    ta.add_argument("--temperature", type=float, default=50.0, help="soft mask temperature T (Eqs. 9-10)")
+    ta.add_argument("--lambda-atp", type=float, default=0.05)
+    ta.add_argument("--lambda-target", type=float, default=0.2)
+    ta.add_argument("--new-tokens", type=int, default=4, help="length of the self-distillation labels")
+    ta.add_argument("--threads", type=int, help="torch threads (default: 1 for the embedded models, whose small "
+                    "matmuls run fastest on one; torch's default otherwise)")
+    ta.set_defaults(func=cmd_train_atp)
+
+    cal = sub.add_parser("calibrate", help="INT8 (QDQ) engine dir from real captured inputs, with an fp32-vs-int8 report")
+    cal.add_argument("engine_dir", type=Path, help="fp32 engine dir to calibrate")
+    cal.add_argument("--out", required=True, type=Path, help="int8 engine dir to write")
+    cal.add_argument("--data", type=Path, help="folder of images + prompts.txt (one prompt per line, cycled over the "
+                     "images), or a JSONL of {\"image\", \"prompt\"}; default: the shipped photos with varied prompts")
+    cal.add_argument("--precision", default="int8", choices=["int8"])
+    cal.add_argument("--calibration", default="minmax", choices=["minmax", "percentile", "entropy"])
+    cal.add_argument("--keep-fp32", default="", metavar="PATTERNS",
+                     help="comma-separated fnmatch patterns of node names, op types, graph/node or graph names to leave fp32")
+    cal.add_argument("--requests", type=int, help="calibrate on at most N requests")
+    cal.add_argument("--held-out", type=int, default=3, help="requests kept aside for the report")
+    cal.add_argument("--max-new-tokens", type=int, default=4, help="tokens per request while capturing and comparing")
+    cal.add_argument("--force", action="store_true", help="replace --out if it exists")
+    cal.add_argument("--json", action="store_true", help="print the report as JSON")
+    cal.set_defaults(func=cmd_calibrate)
+
     m = sub.add_parser("methods", help="list the pruning methods, their knobs and defaults")
     m.set_defaults(func=cmd_methods)
     return p
 
 
+def method_knobs() -> dict:
+    """Every knob of every registered method, by config field (methods sharing a field share its flag)."""
+    from export.methods.knobs import knobs_of
+    from export.methods.registry import all_methods
+    return {k.field: k for entry in all_methods().values() for k in knobs_of(entry.config_type)}
+
+
 def method_config(method, args):
-    from dataclasses import fields
-    names = {f.name for f in fields(method.config_type)}
+    from export.methods.knobs import knobs_of
+    own = {k.field: k for k in knobs_of(method.config_type)}
     values = {}
-    for flag, (name, convert) in KNOBS.items():
-        given = getattr(args, flag, None)
+    for name, knob in method_knobs().items():
+        given = getattr(args, name, None)
         if given is None:
             continue
-        if name not in names:
-            raise PruneDeployError(f"--{flag.replace('_', '-')} does not apply to method {method.name}; "
-                                   f"its knobs are: {', '.join(sorted(names)) or 'none'}")
-        values[name] = convert(given)
+        if name not in own:
+            raise PruneDeployError(f"{knob.flag} does not apply to method {method.name}; its knobs are: "
+                                   f"{', '.join(k.flag for k in own.values()) or 'none'}")
+        values[name] = (not given) if own[name].invert else (given if own[name].parse is bool else own[name].parse(given))
     return method.config_type(**values)
 
 
@@ -186,12 +230,82 @@ def cmd_visualize(args) -> int:
     return 0
 
 
+def cmd_check(args) -> int:
+    from engines.tensorrt_check import check_engine_dir, failed, format_problems, problems_json
+    problems = check_engine_dir(args.engine_dir)
+    print(problems_json(problems) if args.json else format_problems(problems, args.engine_dir))
+    return 2 if failed(problems, args.strict) else 0
+
+
+def cmd_build(args) -> int:
+    from engines.tensorrt_build import BuildConfig, build_engine_dir
+    cfg = BuildConfig(precision=args.precision, workspace_mb=args.workspace, max_batch=args.max_batch)
+    build_engine_dir(args.engine_dir, args.out, cfg, progress=lambda msg: print(msg, file=sys.stderr))
+    return 0
+
+
+def cmd_train_atp(args) -> int:
+    from export.atp_training import (builtin_requests, check_settings, describe, evaluate_heads, grid_of,
+                                     new_heads, prepare_examples, save_heads, train_threshold_heads)
+    import torch
+
+    from export.checkpoint import load_checkpoint
+    from export.tiny_model import SPECS
+    from runtime.errors import ConfigError
+    try:
+        points = [int(p) for p in args.points.split(",")]
+    except ValueError:
+        raise ConfigError(f"--points takes decoder layer indices separated by commas (e.g. 3,13,23), got "
+                          f"{args.points!r}") from None
+    progress = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
+    if args.threads or args.model in SPECS:
+        torch.set_num_threads(args.threads or 1)
+    ckpt = load_checkpoint(args.model, None, False)
+    n_patches = grid_of(ckpt) ** 2
+    settings = dict(target=args.keep, temperature=args.temperature, lambda_atp=args.lambda_atp,
+                    lambda_target=args.lambda_target)
+    check_settings(points, ckpt.llava.config.text_config.num_hidden_layers, n_patches, args.keep, steps=args.steps,
+                   batch=args.batch, lr=args.lr, temperature=args.temperature, new_tokens=args.new_tokens)
+    requests = builtin_requests()
+    progress(f"[train-atp] preparing {len(requests)} requests (image features; labels: the unpruned model's "
+             f"{args.new_tokens}-token greedy continuations)")
+    examples = prepare_examples(ckpt, requests, args.new_tokens)
+    before = evaluate_heads(ckpt, {p: new_heads(n_patches) for p in points}, examples, **settings)
+    heads, history = train_threshold_heads(ckpt, points, steps=args.steps, lr=args.lr, batch=args.batch,
+                                           examples=examples, progress=progress, **settings)
+    after = evaluate_heads(ckpt, heads, examples, **settings)
+    save_heads(args.out, heads, {
+        "model": args.model, "keep": args.keep, "keep_means": "visual tokens per decoder layer, all layers",
+        "steps": args.steps, "batch": args.batch, "lr": args.lr, "temperature": args.temperature,
+        "lambda_atp": args.lambda_atp, "lambda_target": args.lambda_target, "new_tokens": args.new_tokens,
+        "train_seconds": f"{sum(r['seconds'] for r in history):.1f}", "final_loss": f"{after['loss']:.4f}",
+        "final_kept_hard": ",".join(f"{c:.1f}" for c in after["kept_hard"])})
+    print(f"all {len(examples)} requests, before training: {describe(before)}")
+    print(f"all {len(examples)} requests, after {args.steps} steps: {describe(after)}")
+    print("mean thresholds (theta_r, theta_s) per point: " + ", ".join(
+        f"{p}: ({t[0]:.3f}, {t[1]:.3f})" for p, t in zip(points, after["thresholds"])))
+    progress(f"wrote {args.out} ({len(heads)} heads, {sum(r['seconds'] for r in history):.0f}s of training)")
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from calibration.calibrate import CalibrationConfig, calibrate
+    from calibration.report import format_report
+    patterns = tuple(p.strip() for p in args.keep_fp32.split(",") if p.strip())
+    report = calibrate(CalibrationConfig(args.engine_dir, args.out, args.data, args.precision, args.calibration, patterns,
+                                         args.requests, args.held_out, args.max_new_tokens, force=args.force))
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0
+
+
 def cmd_methods(args) -> int:
-    from export.methods.registry import METHODS, get_method
-    get_method("none")
-    for name, entry in sorted(METHODS.items()):
-        knobs = ", ".join(f"{k}={v}" for k, v in entry.knobs().items()) or "no knobs"
-        print(f"{name:8s} {entry.summary}\n         {knobs}")
+    from export.methods.knobs import knobs_of
+    from export.methods.registry import all_methods
+    for name, entry in sorted(all_methods().items()):
+        print(f"{name:10s} {entry.summary}")
+        for knob in knobs_of(entry.config_type):
+            default = getattr(entry.config_type(), knob.field)
+            print(f"{'':10s} {knob.flag:18s} {f'{knob.field}={default}':22s} {knob.help}")
     return 0
 
 

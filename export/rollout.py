@@ -41,7 +41,9 @@ def group_cls_row(attns: list[torch.Tensor], fusion: str = "rollout") -> torch.T
 def select_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices [B, k] of the k highest scores, sorted ascending (raster order)."""
     top = torch.topk(scores, k, dim=-1).indices
-    return torch.sort(top, dim=-1).values
+    # a second TopK with the same constant k sorts them: torch.sort would export k read off a shape,
+    # which TensorRT's parser refuses
+    return torch.topk(top, k, dim=-1, largest=False).values
 
 
 def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
