@@ -109,7 +109,7 @@ def parser() -> argparse.ArgumentParser:
     cal.add_argument("--calibration", default="minmax", choices=["minmax", "percentile", "entropy"])
     cal.add_argument("--keep-fp32", default="", metavar="PATTERNS",
                      help="comma-separated fnmatch patterns of node names, op types, graph/node or graph names to leave fp32")
-    cal.add_argument("--requests", type=int, help="calibrate on at most N requests")
+    cal.add_argument("--max-requests", type=int, metavar="N", help="calibrate on the first N requests only")
     cal.add_argument("--held-out", type=int, default=3, help="requests kept aside for the report")
     cal.add_argument("--max-new-tokens", type=int, default=4, help="tokens per request while capturing and comparing")
     cal.add_argument("--force", action="store_true", help="replace --out if it exists")
@@ -293,7 +293,7 @@ def cmd_calibrate(args) -> int:
     from calibration.report import format_report
     patterns = tuple(p.strip() for p in args.keep_fp32.split(",") if p.strip())
     report = calibrate(CalibrationConfig(args.engine_dir, args.out, args.data, args.precision, args.calibration, patterns,
-                                         args.requests, args.held_out, args.max_new_tokens, force=args.force))
+                                         args.max_requests, args.held_out, args.max_new_tokens, force=args.force))
     print(json.dumps(report) if args.json else format_report(report))
     return 0
 
