@@ -19,7 +19,7 @@ from calibration.data import load_calibration_set
 from calibration.quantize import METHODS, quantize_graph
 from calibration.report import compare
 from runtime.errors import ConfigError
-from runtime.manifest import MANIFEST, load_manifest, sha256
+from runtime.manifest import MANIFEST, file_records, load_manifest, publish
 
 PRECISIONS = ("int8",)
 
@@ -86,7 +86,7 @@ def calibrate(cfg: CalibrationConfig, progress=lambda m: print(m, file=sys.stder
         report = compare(cfg.engine_dir, tmp, data.held_out, cfg.max_new_tokens, cfg.latency_runs, progress)
         report["calibration"] = {**manifest["quantization"], "seconds": round(time.perf_counter() - t0, 1)}
         (tmp / "report.json").write_text(json.dumps(report, indent=1))
-        _replace(tmp, out)
+        publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -128,17 +128,5 @@ def _manifest(source, results, data, feeds, cfg, tmp: Path) -> dict:
                         "tensorrt_caches": {r.name: f"calibration/{r.name}.cache" for r in results}},
         "from": str(Path(cfg.engine_dir).resolve()),
     }
-    manifest["files"] = {str(f.relative_to(tmp)): {"bytes": f.stat().st_size, "sha256": sha256(f)}
-                         for f in sorted(tmp.rglob("*")) if f.is_file()}
+    manifest["files"] = file_records(tmp)
     return manifest
-
-
-def _replace(tmp: Path, out: Path):
-    """Moves the finished dir into place; an old dir is only removed once the new one is complete."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{int(time.time())}")
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)

@@ -22,7 +22,7 @@ from engines.tensorrt_check import check_engine_dir, format_problems
 from engines.tensorrt_engine import require_tensorrt
 from engines.tensorrt_profiles import ProfileConfig, manifest_profiles
 from runtime.errors import ConfigError, EngineDirError, PruneDeployError
-from runtime.manifest import MANIFEST, load_manifest, sha256
+from runtime.manifest import MANIFEST, file_record, load_manifest
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
 FP32_LAYER_TYPES = ("NORMALIZATION", "SOFTMAX", "REDUCE")  # LayerNorm, softmax, RMSNorm's mean of squares
@@ -148,7 +148,7 @@ def build_engine_dir(src, out=None, cfg: BuildConfig = BuildConfig(), progress=p
         for i, (name, profile) in enumerate(profiles.items(), 1):
             progress(f"[build] {i}/{len(profiles)} {name}: {cfg.precision}, {len(profile)} dynamic inputs")
             data["engines"][name] = _build_plan(manifest, name, profile, options, pin_norms, cfg, cache, tmp)
-            data["files"][data["engines"][name]["file"]] = _file_record(tmp / data["engines"][name]["file"])
+            data["files"][data["engines"][name]["file"]] = file_record(tmp / data["engines"][name]["file"])
         data["versions"] = {**data.get("versions", {}), "tensorrt": trt.__version__}
         data["built_from"] = str(Path(src).resolve())
         (tmp / MANIFEST).write_text(json.dumps(data, indent=1))
@@ -159,10 +159,6 @@ def build_engine_dir(src, out=None, cfg: BuildConfig = BuildConfig(), progress=p
         raise
     progress(f"[build] wrote {out}")
     return out
-
-
-def _file_record(path: Path) -> dict:
-    return {"bytes": path.stat().st_size, "sha256": sha256(path)}
 
 
 def _copy_non_graph_files(manifest, dest: Path) -> dict:

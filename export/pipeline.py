@@ -23,7 +23,7 @@ from export.torch_runner import TorchRunner, module_args
 from export.validate import compare
 from runtime.errors import ConfigError
 from runtime.generator import Generator, Request
-from runtime.manifest import FORMAT, MANIFEST, Manifest, sha256
+from runtime.manifest import FORMAT, MANIFEST, Manifest, file_records, publish
 from runtime.preprocess import ImagePreprocessConfig
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -75,10 +75,9 @@ def export(cfg: ExportConfig, progress=lambda msg: print(msg, file=sys.stderr, f
             worst = max((v for o, v in diffs.items() if not o.startswith("kept")), default=0.0)
             progress(f"[export] {k}/{len(plan.graphs)} {name}: exported and validated in "
                      f"{time.perf_counter() - start:.1f}s (max abs diff {worst:.2e}, kept indices identical)")
-        manifest["files"] = {str(f.relative_to(tmp)): {"bytes": f.stat().st_size, "sha256": sha256(f)}
-                             for f in sorted(tmp.rglob("*")) if f.is_file()}
+        manifest["files"] = file_records(tmp)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        _replace(tmp, out)
+        publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -134,14 +133,3 @@ def _validate(name, path: Path, runner: TorchRunner, feed) -> tuple[dict, dict]:
     describe = lambda items: [{"name": n, "dtype": np.dtype(t).name, "shape": s} for n, t, s in items]
     return diffs, {"file": path.name, "data": path.name + ".data", "inputs": describe(sig["inputs"]),
                    "outputs": describe(sig["outputs"])}
-
-
-def _replace(tmp: Path, out: Path):
-    """Moves the finished dir into place; an old dir is only removed once the new one is complete."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{int(time.time())}")
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)

@@ -1,6 +1,8 @@
 """The manifest: the only contract between export and runtime. Loading it checks every file it names."""
 import hashlib
 import json
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +18,26 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def file_record(path: Path) -> dict:
+    return {"bytes": path.stat().st_size, "sha256": sha256(path)}
+
+
+def file_records(root: Path) -> dict:
+    """The manifest's `files` section: every file under root (the manifest itself is written after)."""
+    return {str(f.relative_to(root)): file_record(f) for f in sorted(root.rglob("*")) if f.is_file()}
+
+
+def publish(tmp: Path, out: Path):
+    """Moves a finished engine dir into place; an old dir is only removed once the new one is complete."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{int(time.time())}")
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
 
 
 @dataclass
