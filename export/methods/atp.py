@@ -2,6 +2,7 @@
 that depends on the image and the prompt. Thresholds are calibrated constants per pruning point (fed to the
 graphs from the manifest, so calibration never re-exports) or trained threshold heads inside the graphs."""
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 from export.atp import SPATIAL_STRIDES
 from export.graphs import decode_graph, embed_graph, language_model, model_facts, prefill_graph, vision_graph
@@ -54,12 +55,13 @@ def build(ckpt, cfg: AtpConfig) -> MethodPlan:
                    "decode": decode_graph(lm, spans)})
     pipeline = {"vision": "vision", "text_encoder": None, "embed": "embed", "decode": "decode", "segments": segments,
                 "spatial_strides": list(SPATIAL_STRIDES)}
-    calibrate = None
-    if not cfg.heads and not cfg.thresholds:
-        def calibrate(generator, progress):
-            from calibration.atp_thresholds import builtin_requests, calibrate_thresholds
-            calibrate_thresholds(generator, builtin_requests(), cfg.keep, progress)
+    calibrate = None if cfg.heads or cfg.thresholds else partial(_calibrate, keep=cfg.keep)
     return MethodPlan(graphs, pipeline, stages, asdict(cfg), calibrate=calibrate)
+
+
+def _calibrate(generator, progress, keep: int):
+    from calibration.atp_thresholds import builtin_requests, calibrate_thresholds
+    calibrate_thresholds(generator, builtin_requests(), keep, progress)
 
 
 def _load_heads(path, points, n_patches):

@@ -5,10 +5,9 @@ from math import isqrt
 
 from torch import nn
 
-from export.feature_vision import FeatureVision
-from export.graphs import model_facts, vision_feature_layer
+from export.graphs import model_facts
 from export.methods.plan import MethodPlan
-from export.methods.pre_llm import pre_llm_plan
+from export.methods.pre_llm import selector_plan
 from export.methods.registry import register
 from export.vision_select import pool_grid
 from runtime.errors import ConfigError
@@ -45,6 +44,4 @@ def build(ckpt, cfg: PoolConfig) -> MethodPlan:
     facts = model_facts(ckpt)
     side = facts["image_size"] // facts["patch_size"]
     g = pool_side(cfg.keep, side)
-    m = ckpt.llava.model
-    module = FeatureVision(m.vision_tower, m.multi_modal_projector, vision_feature_layer(ckpt), PoolSelect(side, g))
-    return pre_llm_plan(ckpt, module, [], cfg, cfg.keep)
+    return selector_plan(ckpt, PoolSelect(side, g), [], cfg, cfg.keep)

@@ -2,6 +2,7 @@
 graph differs; plus the keep-count check every such method needs."""
 from dataclasses import asdict
 
+from export.feature_vision import FeatureVision
 from export.graphs import BATCH, GraphDef, vision_feature_layer
 from export.methods.none import NoneConfig, build as build_none
 from export.methods.plan import MethodPlan
@@ -23,3 +24,10 @@ def pre_llm_plan(ckpt, module, stages: list[tuple[str, int]], config, vision_tok
     plan.stages = [{"name": s, "where": "vision", "layer": layer, "keep": keep} for s, keep in stages]
     plan.config, plan.vision_tokens = asdict(config), vision_tokens
     return plan
+
+
+def selector_plan(ckpt, selector, stages: list[tuple[str, int]], config, vision_tokens: int) -> MethodPlan:
+    """The common case: CLIP up to the feature layer, then `selector` picks or merges the tokens."""
+    m = ckpt.llava.model
+    module = FeatureVision(m.vision_tower, m.multi_modal_projector, vision_feature_layer(ckpt), selector)
+    return pre_llm_plan(ckpt, module, stages, config, vision_tokens)

@@ -5,10 +5,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from export.feature_vision import FeatureVision
-from export.graphs import model_facts, vision_feature_layer
+from export.graphs import model_facts
 from export.methods.plan import MethodPlan
-from export.methods.pre_llm import check_count, pre_llm_plan
+from export.methods.pre_llm import check_count, selector_plan
 from export.methods.registry import register
 from export.rollout import gather_tokens
 
@@ -45,7 +44,4 @@ def build(ckpt, cfg: RandomConfig) -> MethodPlan:
     n = model_facts(ckpt)["num_patches"]
     check_count("--keep", cfg.keep, 1, n, f" (the image has {n} patches)")
     check_count("--seed", cfg.seed, 0, 2**63 - 1)
-    m = ckpt.llava.model
-    module = FeatureVision(m.vision_tower, m.multi_modal_projector, vision_feature_layer(ckpt),
-                           RandomSelect(random_patches(n, cfg.keep, cfg.seed)))
-    return pre_llm_plan(ckpt, module, [(STAGE, cfg.keep)], cfg, cfg.keep)
+    return selector_plan(ckpt, RandomSelect(random_patches(n, cfg.keep, cfg.seed)), [(STAGE, cfg.keep)], cfg, cfg.keep)

@@ -3,10 +3,9 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from export.feature_vision import FeatureVision
-from export.graphs import model_facts, vision_feature_layer
+from export.graphs import model_facts
 from export.methods.plan import MethodPlan
-from export.methods.pre_llm import check_count, pre_llm_plan
+from export.methods.pre_llm import check_count, selector_plan
 from export.methods.registry import register
 from export.rollout import gather_tokens, select_top_k
 
@@ -35,6 +34,4 @@ class TopkSelect(nn.Module):
 def build(ckpt, cfg: TopkConfig) -> MethodPlan:
     n = model_facts(ckpt)["num_patches"]
     check_count("--keep", cfg.keep, 1, n, f" (the image has {n} patches)")
-    m = ckpt.llava.model
-    module = FeatureVision(m.vision_tower, m.multi_modal_projector, vision_feature_layer(ckpt), TopkSelect(cfg.keep))
-    return pre_llm_plan(ckpt, module, [(STAGE, cfg.keep)], cfg, cfg.keep)
+    return selector_plan(ckpt, TopkSelect(cfg.keep), [(STAGE, cfg.keep)], cfg, cfg.keep)

@@ -5,10 +5,9 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from export.feature_vision import FeatureVision
-from export.graphs import model_facts, vision_feature_layer
+from export.graphs import model_facts
 from export.methods.plan import MethodPlan
-from export.methods.pre_llm import check_count, pre_llm_plan
+from export.methods.pre_llm import check_count, selector_plan
 from export.methods.registry import register
 from export.vision_select import visionzip_select
 
@@ -40,8 +39,5 @@ def build(ckpt, cfg: VisionZipConfig) -> MethodPlan:
     check_count("--dominant", cfg.dominant, 1, n + 1, f" (the CLS plus up to {n} patches)")
     rest = n + 1 - cfg.dominant
     check_count("--contextual", cfg.contextual, 0, rest, f" (with --dominant {cfg.dominant}, {rest} tokens remain to merge)")
-    m = ckpt.llava.model
-    module = FeatureVision(m.vision_tower, m.multi_modal_projector, vision_feature_layer(ckpt),
-                           VisionZipSelect(cfg.dominant, cfg.contextual))
     stages = [(s, k) for s, k in ((DOMINANT, cfg.dominant - 1), (CONTEXTUAL, cfg.contextual)) if k]
-    return pre_llm_plan(ckpt, module, stages, cfg, cfg.dominant + cfg.contextual)
+    return selector_plan(ckpt, VisionZipSelect(cfg.dominant, cfg.contextual), stages, cfg, cfg.dominant + cfg.contextual)

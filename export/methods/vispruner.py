@@ -10,10 +10,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from export.feature_vision import FeatureVision
-from export.graphs import model_facts, vision_feature_layer
+from export.graphs import model_facts
 from export.methods.plan import MethodPlan
-from export.methods.pre_llm import check_count, pre_llm_plan
+from export.methods.pre_llm import check_count, selector_plan
 from export.methods.registry import register
 from export.rollout import gather_tokens
 from export.vision_select import vispruner_select
@@ -59,8 +58,5 @@ def build(ckpt, cfg: VisPrunerConfig) -> MethodPlan:
     n = model_facts(ckpt)["num_patches"]
     check_count("--keep", cfg.keep, 1, n, f" (the image has {n} patches)")
     n_imp, n_div = split_counts(cfg.keep, cfg.important_ratio)
-    m = ckpt.llava.model
-    module = FeatureVision(m.vision_tower, m.multi_modal_projector, vision_feature_layer(ckpt),
-                           VisPrunerSelect(n_imp, n_div))
     stages = [(s, k) for s, k in ((IMPORTANT, n_imp), (DIVERSE, n_div)) if k]
-    return pre_llm_plan(ckpt, module, stages, cfg, cfg.keep)
+    return selector_plan(ckpt, VisPrunerSelect(n_imp, n_div), stages, cfg, cfg.keep)
