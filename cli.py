@@ -25,6 +25,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--clip", help="CLIP checkpoint dir (text encoder for IVTP); embedded models bring their own")
     e.add_argument("--out", required=True, type=Path, help="engine dir to write")
     e.add_argument("--force", action="store_true", help="replace --out if it exists")
+    e.add_argument("--opset", type=int, default=23, help="ONNX opset, 18..23: 23 keeps attention as one ONNX "
+                   "Attention op (TensorRT >= 10.14 parses it); 18 writes it out for older TensorRT, e.g. JetPack 6's 10.3")
     for knob in method_knobs().values():
         e.add_argument(knob.flag, dest=knob.field, default=None, help=knob.help,
                        **({"action": "store_true"} if knob.parse is bool else {}))
@@ -71,6 +73,8 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="static TensorRT-readiness checks of an exported engine dir (no GPU needed)")
     c.add_argument("engine_dir", type=Path)
     c.add_argument("--strict", action="store_true", help="fail on warnings too")
+    c.add_argument("--tensorrt", metavar="VERSION", help="check against this TensorRT version (e.g. 10.3 for JetPack 6) "
+                   "instead of the installed one")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_check)
 
@@ -152,7 +156,7 @@ def cmd_export(args) -> int:
     except ValueError as e:
         raise PruneDeployError(f"bad knob value: {e}") from e
     export(ExportConfig(method=args.method, model=args.model, clip=args.clip, out=args.out, force=args.force,
-                        method_config=cfg))
+                        method_config=cfg, opset=args.opset))
     return 0
 
 
@@ -231,8 +235,12 @@ def cmd_visualize(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from engines.tensorrt_check import check_engine_dir, failed, format_problems, problems_json
-    problems = check_engine_dir(args.engine_dir)
+    from engines.tensorrt_check import check_engine_dir, failed, format_problems, parse_trt_version, problems_json
+    try:
+        version = parse_trt_version(args.tensorrt) if args.tensorrt else "installed"
+    except ValueError as e:
+        raise PruneDeployError(str(e)) from e
+    problems = check_engine_dir(args.engine_dir, version)
     print(problems_json(problems) if args.json else format_problems(problems, args.engine_dir))
     return 2 if failed(problems, args.strict) else 0
 

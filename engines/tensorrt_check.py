@@ -14,6 +14,17 @@ from engines.tensorrt_rules import (Problem, check_attention, check_dims, check_
 from runtime.errors import EngineDirError
 
 
+def parse_trt_version(text: str) -> tuple:
+    """'10.3' or '10.3.0' -> (10, 3, 0)."""
+    try:
+        parts = tuple(int(p) for p in text.split("."))
+    except ValueError:
+        parts = ()
+    if not 2 <= len(parts) <= 4:
+        raise ValueError(f"--tensorrt wants a version like 10.3 or 10.14.1, got {text!r}")
+    return parts
+
+
 def installed_trt_version() -> tuple | None:
     """TensorRT's (major, minor, ...) if it imports here, else None (the check then assumes a recent one)."""
     try:

@@ -34,7 +34,7 @@ Tanh ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Upsample Where Xor
 # The parser imports the ONNX Attention op (opset 23) from TensorRT 10.14 on (onnx-tensorrt 10.14 GA), as one
 # IAttention layer: Q, K, V and an optional mask in, one output out; past_key / past_value are refused.
 ATTENTION_MIN_TRT = (10, 14)
-WRITTEN_OUT_ATTENTION = "export with the attention written out (MatMul + Softmax + MatMul, opset < 23)"
+WRITTEN_OUT_ATTENTION = "export again with `cli.py export ... --opset 18`, which writes attention out (MatMul + Softmax + MatMul)"
 
 TRT_DTYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.INT8, TensorProto.UINT8,
               TensorProto.INT32, TensorProto.INT64, TensorProto.BOOL, TensorProto.FLOAT8E4M3FN, TensorProto.INT4,

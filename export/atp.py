@@ -71,11 +71,14 @@ def keep_order(s_red, s_spatial, thresholds, valid):
     """Inference: keep token n if S_r > theta_r or S_s > theta_s. Returns (order [B, V]: kept tokens first in
     their current order, then the rest; count [B] of kept tokens)."""
     keep = ((s_red > thresholds[:, :1]) | (s_spatial > thresholds[:, 1:])) & valid
-    n_vis = s_red.shape[1]
-    position = torch.arange(n_vis, device=s_red.device).expand_as(s_red)
-    rank = torch.where(keep, position, position + n_vis)  # unique keys: a sort with no ties
-    order = torch.topk(rank, n_vis, dim=-1, largest=False).indices
-    return order, keep.sum(-1)
+    # Each token's place is counted, not sorted: a sort over the visual axis needs TopK with k = V, which
+    # varies per batch here, and TensorRT wants k constant. The scatter is an exact permutation.
+    kept = keep.long()
+    count = kept.sum(-1)
+    position = torch.arange(s_red.shape[1], device=s_red.device).expand_as(s_red)
+    kept_before = kept.cumsum(-1) - kept
+    place = torch.where(keep, kept_before, count[:, None] + position - kept_before)
+    return torch.zeros_like(place).scatter(-1, place, position), count
 
 
 def atp_loss(masks: list[torch.Tensor], layers: list[int], n_patches: int) -> torch.Tensor:

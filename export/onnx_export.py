@@ -11,6 +11,9 @@ import torch
 from torch.export import Dim
 
 OPSET = 23  # gives the ONNX Attention op for attention that needs no probabilities
+# torch's exporter writes opsets 18..23; below 23 it writes attention out (MatMul + Softmax + MatMul), which
+# TensorRT parsers older than 10.14 (JetPack's 10.3 among them) need
+OPSETS = range(18, 24)
 OPTIMIZE = False
 
 
@@ -40,7 +43,7 @@ def _dynamic_shapes(spec: GraphSpec, flat_names: list[list[str] | str]):
     return tuple([shapes_for(n) for n in item] if isinstance(item, list) else shapes_for(item) for item in flat_names)
 
 
-def export_graph(spec: GraphSpec, path: Path, nested_names=None) -> onnx.ModelProto:
+def export_graph(spec: GraphSpec, path: Path, nested_names=None, opset: int = OPSET) -> onnx.ModelProto:
     """Exports spec.module to path (+ path.data for weights). `nested_names` mirrors list inputs."""
     names = nested_names or spec.input_names
     # The exporter warns on every call that torchvision's ops are not registered; we use none of them.
@@ -49,7 +52,7 @@ def export_graph(spec: GraphSpec, path: Path, nested_names=None) -> onnx.ModelPr
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             spec.module, spec.inputs, dynamic_shapes=_dynamic_shapes(spec, names), dynamo=True,
-            opset_version=OPSET, input_names=spec.input_names, output_names=spec.output_names,
+            opset_version=opset, input_names=spec.input_names, output_names=spec.output_names,
             optimize=OPTIMIZE, verbose=False)
     model = program.model_proto
     _name_dims(model, spec)

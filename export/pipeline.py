@@ -18,7 +18,7 @@ from tokenizers import Tokenizer
 from export.checkpoint import load_checkpoint
 from export.graphs import model_facts
 from export.methods.registry import get_method
-from export.onnx_export import GraphSpec, export_graph
+from export.onnx_export import OPSET, OPSETS, GraphSpec, export_graph
 from export.torch_runner import TorchRunner, module_args
 from export.validate import compare
 from runtime.errors import ConfigError
@@ -40,12 +40,16 @@ class ExportConfig:
     clip: str | None = None
     force: bool = False
     prompt_template: str = LLAVA_15_TEMPLATE
+    opset: int = OPSET
 
 
 def export(cfg: ExportConfig, progress=lambda msg: print(msg, file=sys.stderr, flush=True)) -> Path:
     out = Path(cfg.out).resolve()
     if out.exists() and not cfg.force:
         raise ConfigError(f"{out} already exists; pass --force to replace it or choose another --out")
+    if cfg.opset not in OPSETS:
+        raise ConfigError(f"--opset {cfg.opset} is not one torch's exporter writes; choose {OPSETS.start}..{OPSETS.stop - 1} "
+                          f"({OPSET}, the default, keeps attention as one ONNX Attention op; lower opsets write it out)")
     method = get_method(cfg.method)
     method_config = cfg.method_config or method.config_type()
     t0 = time.perf_counter()
@@ -70,7 +74,7 @@ def export(cfg: ExportConfig, progress=lambda msg: print(msg, file=sys.stderr, f
             feed = runners[name].feeds[0]
             path = tmp / f"{name}.onnx"
             export_graph(GraphSpec(name, graph.module, _trace_sample(graph, feed), graph.input_names,
-                                   graph.output_names, graph.dims), path, graph.nested or None)
+                                   graph.output_names, graph.dims), path, graph.nested or None, cfg.opset)
             diffs, manifest["graphs"][name] = _validate(name, path, runners[name], feed)
             worst = max((v for o, v in diffs.items() if not o.startswith("kept")), default=0.0)
             progress(f"[export] {k}/{len(plan.graphs)} {name}: exported and validated in "
@@ -101,7 +105,7 @@ def _base_manifest(cfg: ExportConfig, ckpt, plan, tmp: Path) -> dict:
     image_token = Tokenizer.from_file(str(tmp / "tokenizer" / "llm.json")).id_to_token(facts["image_token_id"])
     vision_stages = [s for s in plan.stages if s["where"] == "vision"]
     return {
-        "format": FORMAT, "method": cfg.method, "config": plan.config, "stages": plan.stages,
+        "format": FORMAT, "method": cfg.method, "opset": cfg.opset, "config": plan.config, "stages": plan.stages,
         "pipeline": plan.pipeline, "model": facts,
         "vision_tokens_out": plan.vision_tokens or (vision_stages[-1]["keep"] if vision_stages else facts["num_patches"]),
         "preprocess": ImagePreprocessConfig.from_hf_dict(ckpt.preprocessor_config).to_dict(),

@@ -38,12 +38,18 @@ def group_cls_row(attns: list[torch.Tensor], fusion: str = "rollout") -> torch.T
     return FUSIONS[fusion](attns)
 
 
+def sort_last(x: torch.Tensor, descending: bool = False):
+    """torch.sort over the last axis as a TopK whose k is a constant: torch.sort exports k read off a shape,
+    which TensorRT's parser refuses. The axis must be static at trace time. Returns (values, indices)."""
+    n = x.shape[-1]
+    if not isinstance(n, int):
+        raise TypeError(f"sort_last needs a static last axis to fix TopK's k, got the symbolic size {n}")
+    return torch.topk(x, n, dim=-1, largest=descending, sorted=True)
+
+
 def select_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices [B, k] of the k highest scores, sorted ascending (raster order)."""
-    top = torch.topk(scores, k, dim=-1).indices
-    # a second TopK with the same constant k sorts them: torch.sort would export k read off a shape,
-    # which TensorRT's parser refuses
-    return torch.topk(top, k, dim=-1, largest=False).values
+    return sort_last(torch.topk(scores, k, dim=-1).indices).values
 
 
 def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

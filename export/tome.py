@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from export.layers import attend, merge_heads, split_heads
-from export.rollout import gather_tokens
+from export.rollout import gather_tokens, sort_last
 from runtime import io_names as io
 from runtime.errors import ConfigError
 
@@ -42,8 +42,8 @@ def bipartite_merge(x, size, ids, metric, r: int):
     n_a, n_b = scores.shape[1], scores.shape[2]
     is_cls = (torch.arange(n_a, device=x.device) == 0)[:, None]
     node_max, node_idx = scores.masked_fill(is_cls, float("-inf")).max(dim=-1)
-    edges = torch.sort(node_max, dim=-1, descending=True).indices
-    unmerged = torch.sort(edges[:, r:], dim=-1).values
+    edges = sort_last(node_max, descending=True).indices
+    unmerged = sort_last(edges[:, r:]).values
     src = edges[:, :r]
     into = (torch.gather(node_idx, 1, src)[..., None] == torch.arange(n_b, device=x.device)).to(x.dtype)  # [B,r,n_b]
 
@@ -87,6 +87,6 @@ class ToMeVision(nn.Module):
         for layer, r in zip(tower.encoder.layers[:self.feature_layer + 1], self.schedule):
             x, size, ids = tome_layer(layer, x, size, ids, r)
         patch_ids = ids[:, 1:] - 1
-        order = torch.sort(patch_ids, dim=-1).indices
+        order = sort_last(patch_ids).indices
         tokens = gather_tokens(x[:, 1:], order)
         return {"image_features": self.projector(tokens), io.kept_name(self.stage): torch.gather(patch_ids, 1, order)}

@@ -5,7 +5,7 @@ Patch indices are in the 0..N-1 raster numbering (CLS excluded) throughout.
 """
 import torch
 
-from export.rollout import gather_tokens, select_top_k
+from export.rollout import gather_tokens, select_top_k, sort_last
 
 
 def pool_grid(patches: torch.Tensor, side: int, g: int) -> torch.Tensor:
@@ -18,13 +18,13 @@ def vispruner_select(cls_attn: torch.Tensor, features: torch.Tensor, n_important
                      max_drop: int = 8):
     """VisPruner. cls_attn [B, N] (CLS row, heads averaged), features [B, N, C] (pre-projector).
     Returns (important [B, n_important], diverse [B, n_diverse]), each sorted ascending; None for an empty set."""
-    order = torch.sort(cls_attn, dim=-1, descending=True).indices
-    important = torch.sort(order[:, :n_important], dim=-1).values if n_important else None
+    order = sort_last(cls_attn, descending=True).indices
+    important = sort_last(order[:, :n_important]).values if n_important else None
     if not n_diverse:
         return important, None
     normed = features / features.norm(dim=-1, keepdim=True)
     diverse = drop_duplicates(normed, order[:, n_important:], n_diverse, max_drop)
-    return important, torch.sort(diverse, dim=-1).values
+    return important, sort_last(diverse).values
 
 
 def drop_duplicates(normed: torch.Tensor, order: torch.Tensor, n_keep: int, max_drop: int = 8,
@@ -45,9 +45,9 @@ def drop_duplicates(normed: torch.Tensor, order: torch.Tensor, n_keep: int, max_
             order = b
             continue
         sim = torch.matmul(gather_tokens(normed, a), gather_tokens(normed, b).transpose(1, 2))
-        survivors = torch.sort(sim.max(dim=-1).values, dim=-1, descending=True).indices[:, r:]
+        survivors = sort_last(sim.max(dim=-1).values, descending=True).indices[:, r:]
         if not by_score:
-            survivors = torch.sort(survivors, dim=-1).values
+            survivors = sort_last(survivors).values
         order = torch.cat([torch.gather(a, 1, survivors), b], dim=1)
     return order
 

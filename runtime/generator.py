@@ -91,7 +91,7 @@ class Generator:
         prefix_lens = {len(p.prefix_ids) for p in prompts}
         assert len(prefix_lens) == 1, "the template puts the same text before the image in every request"
         n_pre = prefix_lens.pop()
-        prefix_ids = np.array([p.prefix_ids for p in prompts], dtype=np.int64)
+        prefix_ids = np.array([p.prefix_ids for p in prompts], dtype=np.int32)
         suffix_ids, suffix_mask = self.prompts.pad_suffixes(prompts, self.pad)
         embed = lambda x: timer.run(run[pipe["embed"]], "embed", {"input_ids": x})["inputs_embeds"]
         prefix, suffix = embed(prefix_ids), embed(suffix_ids)
@@ -100,16 +100,16 @@ class Generator:
         # raster ids of the tokens entering the LLM, for LLM stages to report (merging methods have none)
         aligned = stages and stages[-1][1].shape[1] == n_vis
         ids = stages[-1][1] if aligned else np.tile(np.arange(n_vis), (batch, 1))
-        visual_pos = np.tile(np.arange(n_pre, n_pre + n_vis, dtype=np.int64), (batch, 1))
-        suffix_pos = np.tile(np.arange(n_pre + n_vis, n_pre + n_vis + suffix_ids.shape[1], dtype=np.int64), (batch, 1))
+        visual_pos = np.tile(np.arange(n_pre, n_pre + n_vis, dtype=np.int32), (batch, 1))
+        suffix_pos = np.tile(np.arange(n_pre + n_vis, n_pre + n_vis + suffix_ids.shape[1], dtype=np.int32), (batch, 1))
         relevant = [[] for _ in prompts]
         feed_pcls = {}
         if any(s["pseudo_cls"] for s in pipe["segments"]):
             pcls, relevant = self._pseudo_cls(prompts, vision, suffix, timer)
             feed_pcls = {"pseudo_cls": pcls[:, None].astype(np.float32),
-                         "pseudo_cls_position": np.full((batch, 1), n_pre + n_vis, dtype=np.int64)}
+                         "pseudo_cls_position": np.full((batch, 1), n_pre + n_vis, dtype=np.int32)}
         state = {"past": {}, "masks": [], "next_pos": n_pre + n_vis + suffix_mask.sum(1)}
-        visual_mask = np.ones((batch, n_vis), np.int64)
+        visual_mask = np.ones((batch, n_vis), np.int32)
         for seg in pipe["segments"]:
             feed = {"prefix_embeds": prefix, "visual_embeds": visual, "suffix_embeds": suffix,
                     "visual_positions": visual_pos, "suffix_positions": suffix_pos, "suffix_mask": suffix_mask}
@@ -123,7 +123,7 @@ class Generator:
             first, last = seg["layers"]
             for i in range(first, last + 1):
                 state["past"][i] = (out[f"present.{i}.key"], out[f"present.{i}.value"])
-            state["masks"].append(np.concatenate([np.ones((batch, n_pre), np.int64), visual_mask, suffix_mask], 1))
+            state["masks"].append(np.concatenate([np.ones((batch, n_pre), np.int32), visual_mask, suffix_mask], 1))
             if seg["head"]:
                 return out["logits"], state, stages, relevant
             prefix, visual, suffix = out["prefix_hidden"], out["visual_hidden"], out["suffix_hidden"]
@@ -132,7 +132,7 @@ class Generator:
             if "kept" in out:
                 kept, counts = out["kept"], out.get("kept_count", np.full(batch, out["kept"].shape[1]))
                 kept, visual = kept[:, :counts.max()], visual[:, :counts.max()]  # longest request sets the width
-                visual_mask = (np.arange(kept.shape[1]) < counts[:, None]).astype(np.int64)
+                visual_mask = (np.arange(kept.shape[1]) < counts[:, None]).astype(np.int32)
                 ids, visual_pos = np.take_along_axis(ids, kept, 1), np.take_along_axis(visual_pos, kept, 1)
                 stages.append((seg["stage"], ids, counts))
         raise RuntimeError("the manifest's last segment has no head")
@@ -167,16 +167,16 @@ class Generator:
                     done[b] = nxt[b] == self.eos
             if done.all() or step == max_new_tokens - 1:
                 break
-            nxt = np.where(done, self.pad, nxt).astype(np.int64)[:, None]
+            nxt = np.where(done, self.pad, nxt).astype(np.int32)[:, None]
             feed = {"inputs_embeds": timer.run(self.engines[self.pipe["embed"]], "embed", {"input_ids": nxt})["inputs_embeds"],
-                    "position_ids": (state["next_pos"] + step)[:, None].astype(np.int64)}
+                    "position_ids": (state["next_pos"] + step)[:, None].astype(np.int32)}
             feed.update({io.past_mask(s): m for s, m in enumerate(state["masks"])})
             for i in range(n_layers):
                 feed[f"past_key_values.{i}.key"], feed[f"past_key_values.{i}.value"] = state["past"][i]
             out = timer.run(self.engines[self.pipe["decode"]], "decode", feed)
             logits = out["logits"]
             state["past"] = {i: (out[f"present.{i}.key"], out[f"present.{i}.value"]) for i in range(n_layers)}
-            state["masks"] = [np.concatenate([m, np.ones((batch, 1), np.int64)], 1) for m in state["masks"]]
+            state["masks"] = [np.concatenate([m, np.ones((batch, 1), np.int32)], 1) for m in state["masks"]]
         return tokens
 
     @staticmethod

@@ -9,7 +9,7 @@ from pathlib import Path
 from runtime.errors import EngineDirError
 
 MANIFEST = "manifest.json"
-FORMAT = 1
+FORMAT = 2  # 2: integer graph I/O is int32
 
 
 def sha256(path: Path) -> str:

@@ -51,10 +51,10 @@ class PromptTokenizer:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     def pad_suffixes(self, prompts: list[Prompt], pad_id: int):
-        """Right-pads the suffixes: ids [B, T], mask [B, T] (int64)."""
+        """Right-pads the suffixes: ids [B, T], mask [B, T] (int32)."""
         width = max(len(p.suffix_ids) for p in prompts)
-        ids = np.full((len(prompts), width), pad_id, dtype=np.int64)
-        mask = np.zeros((len(prompts), width), dtype=np.int64)
+        ids = np.full((len(prompts), width), pad_id, dtype=np.int32)
+        mask = np.zeros((len(prompts), width), dtype=np.int32)
         for b, p in enumerate(prompts):
             ids[b, :len(p.suffix_ids)] = p.suffix_ids
             mask[b, :len(p.suffix_ids)] = 1

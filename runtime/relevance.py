@@ -17,12 +17,12 @@ class ClipTokenWindows:
         self.eos = self.tokenizer.token_to_id("<|endoftext|>")
 
     def encode(self, text: str):
-        """Returns (ids [n_windows, L] int64 padded with eos, spans [(window, position, (a, b))])."""
+        """Returns (ids [n_windows, L] int32 padded with eos, spans [(window, position, (a, b))])."""
         enc = self.tokenizer.encode(text, add_special_tokens=False)
         body = CLIP_CONTEXT - 2
         windows = [enc.ids[i:i + body] for i in range(0, max(len(enc.ids), 1), body)]
         width = max(len(w) for w in windows) + 2
-        ids = np.full((len(windows), width), self.eos, dtype=np.int64)
+        ids = np.full((len(windows), width), self.eos, dtype=np.int32)
         spans = []
         for w, chunk in enumerate(windows):
             ids[w, 0], ids[w, 1:len(chunk) + 1] = self.bos, chunk
@@ -58,7 +58,7 @@ def select_tokens(relevance: np.ndarray, spans, tau: float) -> np.ndarray:
     """Indices of the instruction tokens that form the pseudo-CLS: relevance >= tau; tau = -1 takes every
     instruction token (every token with a span in the prompt)."""
     if tau <= -1.0:
-        return np.array([i for i, s in enumerate(spans) if s is not None], dtype=np.int64)
+        return np.array([i for i, s in enumerate(spans) if s is not None], dtype=np.int32)
     return np.flatnonzero(np.nan_to_num(relevance, nan=-np.inf) >= tau)
 
 

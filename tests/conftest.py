@@ -24,23 +24,24 @@ def tiny(tmp_path_factory):
     return embedded_model("tiny")
 
 
-def _export(tmp_path_factory, method, **knobs):
+def _export(tmp_path_factory, method, opset, **knobs):
     from export.methods.registry import get_method
     from export.pipeline import ExportConfig, export
     out = tmp_path_factory.mktemp("engines") / method
     cfg = get_method(method).config_type(**knobs)
-    return export(ExportConfig(method=method, model="tiny", out=out, method_config=cfg), progress=lambda m: None)
+    return export(ExportConfig(method=method, model="tiny", out=out, method_config=cfg, opset=opset),
+                  progress=lambda m: None)
 
 
 @pytest.fixture(scope="session")
 def exported(tiny, tmp_path_factory):
-    """exported(method, **knobs) -> engine dir of the tiny model; each (method, knobs) is exported once."""
+    """exported(method, opset=23, **knobs) -> engine dir of the tiny model; each combination is exported once."""
     cache = {}
 
-    def get(method, **knobs):
-        key = (method, tuple(sorted(knobs.items())))
+    def get(method, opset=23, **knobs):
+        key = (method, opset, tuple(sorted(knobs.items())))
         if key not in cache:
-            cache[key] = _export(tmp_path_factory, method, **knobs)
+            cache[key] = _export(tmp_path_factory, method, opset, **knobs)
         return cache[key]
     return get
 

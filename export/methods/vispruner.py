@@ -14,7 +14,7 @@ from export.graphs import model_facts
 from export.methods.plan import MethodPlan
 from export.methods.pre_llm import check_count, selector_plan
 from export.methods.registry import register
-from export.rollout import gather_tokens
+from export.rollout import gather_tokens, sort_last
 from export.vision_select import vispruner_select
 from runtime.errors import ConfigError
 
@@ -48,7 +48,7 @@ class VisPrunerSelect(nn.Module):
         patches = hidden[:, 1:]
         important, diverse = vispruner_select(cls_attn.mean(dim=1), patches, self.n_important, self.n_diverse)
         stages = {name: idx for name, idx in ((IMPORTANT, important), (DIVERSE, diverse)) if idx is not None}
-        union = torch.sort(torch.cat(list(stages.values()), dim=1), dim=-1).values
+        union = sort_last(torch.cat(list(stages.values()), dim=1)).values
         return gather_tokens(patches, union), stages
 
 

@@ -58,29 +58,64 @@ def with_broken_embed(engine_dir, tmp_path, broken: onnx.ModelProto):
     return copy
 
 
-def test_the_exported_none_dir_passes_with_only_the_expected_warnings(none_dir):
+def test_the_exported_none_dir_passes_and_only_warns_that_attention_needs_10_14(none_dir):
     problems = check_engine_dir(none_dir, trt_version=None)
-    assert not failed(problems)
-    assert {(p.kind, p.rule) for p in problems} == {("warning", "attention-version"), ("warning", "int64-io")}
-    assert failed(problems, strict=True)
-    int64 = {p.graph: p.message for p in problems if p.rule == "int64-io"}
-    assert "input_ids" in int64["embed"] and "int32 serves" in int64["embed"]
+    assert {(p.kind, p.rule) for p in problems} == {("warning", "attention-version")}
+    assert not failed(problems) and failed(problems, strict=True)
 
 
-def test_the_exported_ivtp_dir_passes_with_warnings_only(ivtp_dir):
-    """Top-k and its ascending sort both use a constant k, so every IVTP graph is TensorRT-ready."""
-    problems = check_engine_dir(ivtp_dir, trt_version=None)
-    assert [p for p in problems if p.kind == "error"] == []
-    assert {p.rule for p in problems if p.kind == "warning"} == {"attention-version", "int64-io"}
+def test_the_exported_ivtp_dir_is_clean_for_tensorrt_10_14(ivtp_dir):
+    """Top-k and its ascending sort both use a constant k, and integer I/O is int32."""
+    assert check_engine_dir(ivtp_dir, trt_version=(10, 14)) == []
+
+
+def test_int64_graph_io_is_a_warning_that_names_the_tensors(exported, tmp_path):
+    int64_embed = model([helper.make_node("Identity", ["input_ids"], ["ids"])],
+                        [vi("input_ids", TensorProto.INT64, ["batch", "seq"])],
+                        [vi("ids", TensorProto.INT64, ["batch", "seq"])])
+    problems = check_engine_dir(with_broken_embed(exported("none"), tmp_path, int64_embed), (10, 14))
+    assert [(p.graph, p.kind, p.rule) for p in problems] == [("embed", "warning", "int64-io")]
+    assert "(input_ids, ids)" in problems[0].message and "int32 serves" in problems[0].message
+    assert not failed(problems) and failed(problems, strict=True)
 
 
 def test_attention_is_an_error_below_tensorrt_10_14_and_fine_from_it(exported):
     old = [p for p in check_engine_dir(exported("none"), trt_version=(10, 3, 0)) if p.kind == "error"]
     assert {p.rule for p in old} == {"attention-version"}
     assert {p.graph for p in old} == {"vision", "prefill.0", "decode"}
-    assert "10.3.0" in old[0].message and "written out" in old[0].message
-    new = check_engine_dir(exported("none"), trt_version=(10, 14, 1))
-    assert {p.rule for p in new} == {"int64-io"}
+    assert "10.3.0" in old[0].message and "--opset 18" in old[0].message
+    assert check_engine_dir(exported("none"), trt_version=(10, 14, 1)) == []
+
+
+def test_an_opset_18_export_writes_attention_out_and_passes_for_jetpack_tensorrt(exported, capsys):
+    """JetPack 6's TensorRT 10.3 cannot parse ONNX Attention; --opset 18 exports MatMul + Softmax + MatMul,
+    validated against torch like any export, and generates the opset 23 engines' tokens."""
+    from runtime.generator import Request
+    from runtime.load import open_engine_dir
+    from tests.conftest import IMAGES, PROMPTS
+    old = exported("none", opset=18)
+    manifest = json.loads((old / "manifest.json").read_text())
+    assert manifest["opset"] == 18
+    for record in manifest["graphs"].values():
+        graph = onnx.load(str(old / record["file"]), load_external_data=False)
+        assert [o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")] == [18]
+        assert not any(n.op_type == "Attention" for n in graph.graph.node)
+    assert [p for p in check_engine_dir(old, trt_version=(10, 3, 0)) if p.kind == "error"] == []
+    assert cli.main(["check", str(old), "--tensorrt", "10.3"]) == 0
+    assert cli.main(["check", str(exported("none")), "--tensorrt", "10.3"]) == 2
+    assert "--opset 18" in capsys.readouterr().out
+    assert cli.main(["check", str(old), "--tensorrt", "ten"]) == 2
+    assert "a version like 10.3" in capsys.readouterr().err
+    requests = [Request(IMAGES / "chelsea.jpg", PROMPTS[1]), Request(IMAGES / "rocket.jpg", PROMPTS[0])]
+    tokens = [r.token_ids for r in open_engine_dir(old).generate(requests, max_new_tokens=8)]
+    assert tokens == [r.token_ids for r in open_engine_dir(exported("none")).generate(requests, max_new_tokens=8)]
+
+
+def test_export_refuses_an_opset_torch_cannot_write(tmp_path, capsys):
+    assert cli.main(["export", "--method", "none", "--out", str(tmp_path / "x"), "--opset", "17"]) == 2
+    err = capsys.readouterr().err
+    assert "--opset 17 is not one torch's exporter writes" in err and "choose 18..23" in err
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("rule", sorted(BROKEN))

@@ -1,5 +1,4 @@
 """The explicit torch modules (the oracle and what gets traced) against Hugging Face, unpruned."""
-import numpy as np
 import pytest
 import torch
 from PIL import Image

@@ -1,5 +1,4 @@
 """GTP rollout: the top-down CLS-row shortcut equals IVTP Eq. 3 computed with full matrices."""
-import numpy as np
 import torch
 
 from export.rollout import rollout_cls_row, select_top_k

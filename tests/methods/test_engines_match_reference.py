@@ -1,8 +1,9 @@
 """Every registered method, exported with its defaults on the tiny model: the engines give the kept indices
-per stage and the greedy tokens of the method's torch reference, single and batched.
-A new method file is covered here without touching this test."""
+per stage and the greedy tokens of the method's torch reference, single and batched; and TensorRT's parser
+would take every graph. A new method file is covered here without touching this test."""
 import pytest
 
+from engines.tensorrt_check import check_engine_dir
 from export.methods.registry import all_methods
 from runtime.generator import Request
 from runtime.load import open_engine_dir
@@ -33,3 +34,10 @@ def test_engines_equal_the_torch_reference_single_and_batched(exported, method):
                 assert len(got["kept"]) == spec["keep"], got["name"]
         assert alone.stages == w.stages == b.stages
         assert alone.token_ids == w.token_ids == b.token_ids
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_graph_passes_the_tensorrt_check(exported, method):
+    """Clean for TensorRT 10.14 (the first to parse ONNX Attention), warnings included: every TopK has a
+    constant k, every dynamic dim a profile range, and integer I/O is int32."""
+    assert check_engine_dir(exported(method), trt_version=(10, 14)) == []
