@@ -111,8 +111,9 @@ def parser() -> argparse.ArgumentParser:
                      "images), or a JSONL of {\"image\", \"prompt\"}; default: the shipped photos with varied prompts")
     cal.add_argument("--precision", default="int8", choices=["int8"])
     cal.add_argument("--calibration", default="minmax", choices=["minmax", "percentile", "entropy"])
-    cal.add_argument("--keep-fp32", default="", metavar="PATTERNS",
-                     help="comma-separated fnmatch patterns of node names, op types, graph/node or graph names to leave fp32")
+    cal.add_argument("--keep-fp32", metavar="PATTERNS",
+                     help="comma-separated fnmatch patterns of node names, op types, graph/node or graph names to leave "
+                     "fp32 (default: the vision graph when the method prunes inside the ViT; '' quantizes it too)")
     cal.add_argument("--max-requests", type=int, metavar="N", help="calibrate on the first N requests only")
     cal.add_argument("--held-out", type=int, default=3, help="requests kept aside for the report")
     cal.add_argument("--max-new-tokens", type=int, default=4, help="tokens per request while capturing and comparing")
@@ -299,7 +300,7 @@ def cmd_train_atp(args) -> int:
 def cmd_calibrate(args) -> int:
     from calibration.calibrate import CalibrationConfig, calibrate
     from calibration.report import format_report
-    patterns = tuple(p.strip() for p in args.keep_fp32.split(",") if p.strip())
+    patterns = None if args.keep_fp32 is None else tuple(p.strip() for p in args.keep_fp32.split(",") if p.strip())
     report = calibrate(CalibrationConfig(args.engine_dir, args.out, args.data, args.precision, args.calibration, patterns,
                                          args.max_requests, args.held_out, args.max_new_tokens, force=args.force))
     print(json.dumps(report) if args.json else format_report(report))

@@ -10,13 +10,14 @@ import pytest
 from onnx import helper, numpy_helper, TensorProto
 
 import cli
-from calibration.calibrate import CalibrationConfig, calibrate
+from calibration.calibrate import CalibrationConfig, calibrate, default_keep_fp32, graphs_to_quantize
 from calibration.capture import capture_feeds
 from calibration.data import builtin_requests, load_calibration_set
 from calibration.sensitive import fp32_nodes, lm_head, score_path
 from runtime.errors import ConfigError, InputError
 from runtime.generator import Request
 from runtime.load import open_engine_dir
+from runtime.manifest import load_manifest
 from tests.conftest import IMAGES, read_manifest
 
 # First-token logit cosine fp32 vs int8, measured on the tiny (random-weight) model with 2-3 calibration requests:
@@ -28,9 +29,9 @@ COSINE_FLOOR = 0.9
 IVTP_COSINE_FLOOR = 0.6
 
 
-def _calibrate(src, out) -> dict:
-    return calibrate(CalibrationConfig(src, out, max_requests=2, held_out=1, max_new_tokens=2, latency_runs=1),
-                     progress=lambda m: None)
+def _calibrate(src, out, keep_fp32=None) -> dict:
+    return calibrate(CalibrationConfig(src, out, max_requests=2, held_out=1, max_new_tokens=2, latency_runs=1,
+                                       keep_fp32=keep_fp32), progress=lambda m: None)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def none_int8(exported, tmp_path_factory):
 @pytest.fixture(scope="module")
 def ivtp_int8(exported, tmp_path_factory):
     out = tmp_path_factory.mktemp("int8") / "ivtp"
-    return out, _calibrate(exported("ivtp"), out)
+    return out, _calibrate(exported("ivtp"), out, keep_fp32=())  # the ViT too, so its score path is tested
 
 
 def _graph(engine_dir, name) -> onnx.GraphProto:
@@ -134,6 +135,22 @@ def test_pruning_score_path_stays_fp32_and_kept_tokens_mostly_agree(ivtp_int8):
     assert stages["vit.l2"] > 0.95  # the first pruning point sees almost no int8 error yet
     assert stages["vit.l2"] >= stages["vit.l22"] >= stages["llm.l11"] - 0.1  # drift grows stage by stage
     assert summary["logit_cosine_min"] > IVTP_COSINE_FLOOR
+
+
+def test_vision_graph_stays_fp32_by_default_only_where_it_prunes(exported):
+    ivtp, none = load_manifest(exported("ivtp")), load_manifest(exported("none"))
+    assert default_keep_fp32(ivtp) == ("vision",) and default_keep_fp32(none) == ()
+    assert "vision" not in graphs_to_quantize(ivtp, default_keep_fp32(ivtp))
+    assert "vision" in graphs_to_quantize(ivtp, ())
+
+
+def test_keep_fp32_flag_absent_means_the_default_and_empty_means_nothing(monkeypatch, exported, tmp_path):
+    seen = []
+    monkeypatch.setattr("calibration.calibrate.calibrate", lambda cfg: seen.append(cfg.keep_fp32) or {})
+    monkeypatch.setattr("calibration.report.format_report", lambda report: "")
+    for extra in ([], ["--keep-fp32", ""], ["--keep-fp32", "vision, decode/*"]):
+        assert cli.main(["calibrate", str(exported("none")), "--out", str(tmp_path / "x"), *extra]) == 0
+    assert seen == [None, (), ("vision", "decode/*")]
 
 
 def test_report_values(none_int8):
