@@ -23,6 +23,8 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
 
 def attend(q, k, v, scale: float, bias=None, need_probs: bool = False):
     """Softmax attention. `bias` is additive (0 / NEG_INF). Returns (output [B,H,Nq,D], probs or None)."""
+    if bias is not None and bias.dtype != q.dtype:  # fp16 / bf16 reference on a GPU: fp32's min would overflow
+        bias = bias.clamp(min=torch.finfo(q.dtype).min).to(q.dtype)
     if not need_probs:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale), None
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale
@@ -74,7 +76,8 @@ def rotate_half(x):
 
 
 def apply_rope(x, cos, sin):
-    return x * cos + rotate_half(x) * sin
+    """cos/sin are computed in fp32 (as HF does) and applied in x's dtype."""
+    return x * cos.to(x.dtype) + rotate_half(x) * sin.to(x.dtype)
 
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:

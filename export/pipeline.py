@@ -59,8 +59,8 @@ def export(cfg: ExportConfig, progress=lambda msg: print(msg, file=sys.stderr, f
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        manifest = _base_manifest(cfg, ckpt, plan, tmp)
-        runners = {name: TorchRunner(name, graph) for name, graph in plan.graphs.items()}
+        manifest = base_manifest(cfg, ckpt, plan, tmp)
+        runners = {name: TorchRunner(name, graph, record=True) for name, graph in plan.graphs.items()}
         if plan.calibrate:
             progress("[export] calibrating the method's constants with the PyTorch reference")
             plan.calibrate(Generator(Manifest(tmp, manifest), runners), progress)
@@ -89,7 +89,7 @@ def export(cfg: ExportConfig, progress=lambda msg: print(msg, file=sys.stderr, f
     return out
 
 
-def _base_manifest(cfg: ExportConfig, ckpt, plan, tmp: Path) -> dict:
+def base_manifest(cfg: ExportConfig, ckpt, plan, tmp: Path) -> dict:
     (tmp / "tokenizer").mkdir()
     shutil.copyfile(ckpt.model_dir / "tokenizer.json", tmp / "tokenizer" / "llm.json")
     tokenizers = {"llm": "tokenizer/llm.json"}
