@@ -97,7 +97,9 @@ def main(argv=None):
              f"Measured {started} on {platform.machine()} with {os.cpu_count()} cores, by `python -m export.benchmark`; "
              f"medians of {args.runs} runs after a warm-up, {args.max_new_tokens} new tokens, one process, so ratios "
              "compare like with like. Absolute numbers move with the machine's load.", "",
-             *table(reports), "", "## Targets", "", *targets(reports), "", "![latency](assets/benchmarks.png)", ""]
+             *table(reports), "", "## Targets", "", *targets(reports), "", "![latency](assets/benchmarks.png)", "",
+             "On a GPU at LLaVA-1.5-7B geometry (PyTorch reference, `python -m export.reference_profile`): "
+             "[BENCHMARKS-GPU.md](BENCHMARKS-GPU.md).", ""]
     (ROOT / "BENCHMARKS.md").write_text("\n".join(lines))
     print("\n".join(lines))
 

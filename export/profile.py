@@ -17,12 +17,13 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _median_generation(generator, request, runs, max_new_tokens, progress, label) -> dict:
-    generator.generate([request], max_new_tokens)  # warm-up
+def median_generation(generator, request, runs, max_new_tokens, progress, label, batch: int = 1) -> dict:
+    """Timings of `batch` copies of `request` generated together (one batch shares one set of timings)."""
+    generator.generate([request] * batch, max_new_tokens)  # warm-up
     samples = []
     for i in range(runs):
         progress(f"[profile] {label}: run {i + 1}/{runs}")
-        samples.append(generator.generate([request], max_new_tokens)[0])
+        samples.append(generator.generate([request] * batch, max_new_tokens)[0])
     per_token = [r.timings_ms["decode_total"] / max(len(r.token_ids) - 1, 1) for r in samples]
     breakdown = {k: statistics.median(r.timings_ms[k] for r in samples)
                  for k in samples[0].timings_ms if k not in ("prefill_total", "decode_total", "total")}
@@ -31,27 +32,40 @@ def _median_generation(generator, request, runs, max_new_tokens, progress, label
 
 
 def _hf_baseline(manifest, request, runs, max_new_tokens, progress) -> dict:
-    """Unpruned LlavaForConditionalGeneration: one forward for prefill, then cached single-token steps."""
+    """Unpruned LlavaForConditionalGeneration on the manifest's source checkpoint, fp32 on the CPU."""
     import torch
-    from PIL import Image
     from transformers import AutoProcessor, LlavaForConditionalGeneration
     model_dir = manifest["source"]["model"]
-    processor = AutoProcessor.from_pretrained(model_dir)
     model = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
-    text = manifest["prompt_template"].replace("{prompt}", request.prompt)
-    inputs = processor(images=Image.open(request.image).convert("RGB"), text=text, return_tensors="pt")
+    return hf_baseline(model, AutoProcessor.from_pretrained(model_dir), manifest["prompt_template"], request, runs,
+                       max_new_tokens, progress)
+
+
+def hf_baseline(model, processor, template: str, request, runs, max_new_tokens, progress, batch: int = 1) -> dict:
+    """One forward for prefill, then cached single-token steps; on the model's device and dtype."""
+    import torch
+    from PIL import Image
+    text = template.replace("{prompt}", request.prompt)
+    inputs = processor(images=[Image.open(request.image).convert("RGB")] * batch, text=[text] * batch,
+                       return_tensors="pt")
+    inputs = {k: v.to(model.device, model.dtype if v.is_floating_point() else v.dtype) for k, v in inputs.items()}
+    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)  # kernels run async
 
     def once():
         with torch.no_grad():
+            sync()
             start = time.perf_counter()
             out = model(**inputs, use_cache=True)
+            nxt = out.logits[:, -1:].argmax(-1)
+            sync()
             prefill = (time.perf_counter() - start) * 1e3
-            mask, nxt, past = inputs["attention_mask"], out.logits[:, -1:].argmax(-1), out.past_key_values
+            mask, past = inputs["attention_mask"], out.past_key_values
             start = time.perf_counter()
             for _ in range(max_new_tokens - 1):
                 mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
                 out = model(input_ids=nxt, attention_mask=mask, past_key_values=past, use_cache=True)
                 nxt, past = out.logits[:, -1:].argmax(-1), out.past_key_values
+            sync()
             return prefill, (time.perf_counter() - start) * 1e3 / max(max_new_tokens - 1, 1)
 
     once()
@@ -63,24 +77,29 @@ def _hf_baseline(manifest, request, runs, max_new_tokens, progress) -> dict:
             "decode_ms_per_token": statistics.median(s[1] for s in samples)}
 
 
+def final_visual_tokens(result, manifest) -> int:
+    """Visual tokens after the last pruning point (merged tokens count too)."""
+    in_llm = [s for s, spec in zip(result.stages, manifest["stages"]) if spec["where"] == "llm"]
+    return len(in_llm[-1]["kept"]) if in_llm else manifest["vision_tokens_out"]
+
+
 def profile(engine_dir, runs: int = 5, max_new_tokens: int = 16, request: Request = DEFAULT_REQUEST,
             provider: str | None = None, progress=lambda m: print(m, file=sys.stderr, flush=True)) -> dict:
     from export.flops import count_flops, flops_report, visual_tokens_per_layer
     from export.reference import reference_generator
     engines = open_engine_dir(engine_dir, provider)
     manifest = engines.m
-    measured = _median_generation(engines, request, runs, max_new_tokens, progress, "engines")
+    measured = median_generation(engines, request, runs, max_new_tokens, progress, "engines")
     result = measured.pop("result")
     engines_rss = _peak_rss_mb()
-    reference = _median_generation(reference_generator(manifest), request, runs, max_new_tokens, progress,
+    reference = median_generation(reference_generator(manifest), request, runs, max_new_tokens, progress,
                                    "PyTorch reference")
     reference.pop("result")
     pytorch = _hf_baseline(manifest, request, runs, max_new_tokens, progress)
     dims, text_tokens = manifest["model"], len(result.input_ids) - 1
     pruned = flops_report(str(engine_dir), manifest["method"], text_tokens)
     unpruned = count_flops(dims, visual_tokens_per_layer("none", {}, dims), text_tokens, False)
-    in_llm = [s for s, spec in zip(result.stages, manifest["stages"]) if spec["where"] == "llm"]
-    final = len(in_llm[-1]["kept"]) if in_llm else manifest["vision_tokens_out"]  # merged tokens count too
+    final = final_visual_tokens(result, manifest)
     return {
         "method": manifest["method"], "runs": runs, "max_new_tokens": max_new_tokens, "text_tokens": text_tokens,
         "engines": {**measured, "peak_rss_mb": engines_rss, "provider": provider or "best available"},
