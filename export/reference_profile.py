@@ -166,6 +166,31 @@ def table(report: dict) -> list[str]:
     return rows
 
 
+def plot(report: dict, path: Path):
+    """Per method: FLOPs, GPU busy and wall-clock prefill, each as a ratio to the unpruned run."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    methods = [r for r in report["methods"].values() if "error" not in r]
+    base = next(r for r in methods if r["method"] == "none") if any(r["method"] == "none" for r in methods) else methods[0]
+    bars = [("FLOPs", "tflops"), ("GPU busy (kernels)", "prefill_kernel_ms"), ("wall clock", "prefill_ms")]
+    bars = [(label, key) for label, key in bars if key in base]
+    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(methods) + 2), 3.2))
+    width = 0.8 / len(bars)
+    for j, (label, key) in enumerate(bars):
+        ax.bar([i + (j - (len(bars) - 1) / 2) * width for i in range(len(methods))],
+               [r[key] / base[key] for r in methods], width, label=label)
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xticks(range(len(methods)), [f"{r['method']}\n{r['visual_tokens_final']}" for r in methods], fontsize=8)
+    ax.set_ylabel(f"prefill, ratio to {base['method']}")
+    ax.set_title(f"{report['geometry']} on {report['device']}, {report['dtype']}, batch {report.get('batch', 1)}",
+                 fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--geometry", choices=sorted(GEOMETRIES), default="llava-1.5-7b")
@@ -188,6 +213,7 @@ def main(argv=None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "report.json").write_text(json.dumps(report, indent=1))
         (args.out / "table.md").write_text("\n".join(lines) + "\n")
+        plot(report, args.out / "prefill_ratios.png")
     print("\n".join(lines))
     return 0
 

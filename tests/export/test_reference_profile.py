@@ -1,11 +1,12 @@
 """The GPU reference profile's model geometry and report, checked on the CPU (meta tensors for the 7B)."""
 import pytest
 import torch
+from PIL import Image
 
 from export.flops import flops_report
 from export.graphs import model_facts
 from export import reference_profile
-from export.reference_profile import random_checkpoint, run, table
+from export.reference_profile import plot, random_checkpoint, run, table
 
 
 def test_7b_geometry_is_llava_1_5_7b_to_the_parameter():
@@ -51,14 +52,17 @@ def test_a_failing_method_is_reported_and_the_others_still_run(monkeypatch):
     assert any("against `topk`" in r for r in rows)
 
 
-def test_table_shows_gpu_busy_time_ratios_when_measured():
+def test_table_and_plot_show_gpu_busy_time_ratios_when_measured(tmp_path):
     method = lambda name, prefill, kernel: {"method": name, "visual_tokens_final": 64, "tflops": 1.0, "prefill_ms": prefill,
                                             "decode_ms_per_token": 10.0, "kv_cache_bytes": 2**20,
                                             "prefill_kernel_ms": kernel, "decode_kernel_ms_per_token": 4.0}
-    report = {"measured": "now", "device": "NVIDIA H100", "dtype": "float16", "torch": "2.11", "runs": 5,
+    report = {"measured": "now", "geometry": "llava-1.5-7b", "device": "NVIDIA H100", "dtype": "float16", "torch": "2.11", "runs": 5,
               "max_new_tokens": 16, "hf_baseline": {"prefill_ms": 80.0, "decode_ms_per_token": 20.0},
               "methods": {"none": method("none", 50.0, 40.0), "ivtp": method("ivtp", 60.0, 8.0)}}
     rows = table(report)
     assert "| ivtp | 8.0 (0.200) | 4.00 (1.000) |" in rows
     assert "| ivtp | 64 | 1.000 (1.000) | 60.0 (1.200) | 10.00 (1.000) | 1.0 |" in rows
     assert rows[-1].endswith("prefill 0.625, decode 0.500.")
+    plot(report, tmp_path / "ratios.png")
+    with Image.open(tmp_path / "ratios.png") as png:
+        assert png.format == "PNG" and png.width > png.height
