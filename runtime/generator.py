@@ -139,19 +139,30 @@ class Generator:
 
     def _pseudo_cls(self, prompts, vision, suffix_embeds, timer):
         """Eq. 6-8 per request: returns pseudo-CLS [B, H] and the suffix positions that formed it."""
+        if self.clip is None:  # no-instruction ablation: the visual CLS guides the LLM stage
+            return vision["cls_llm"], [[] for _ in prompts]
+        encoded = [self.clip.encode(p.text) for p in prompts]
+        embeddings = self._clip_embeddings([ids for ids, _ in encoded], len(prompts), timer)
         out, relevant = [], []
-        for b, p in enumerate(prompts):
-            if self.clip is None:  # no-instruction ablation: the visual CLS guides the LLM stage
-                out.append(vision["cls_llm"][b])
-                relevant.append([])
-                continue
-            clip_ids, clip_spans = self.clip.encode(p.text)
-            emb = timer.run(self.engines[self.pipe["text_encoder"]], "text_encoder", {"input_ids": clip_ids})
-            scores = clip_relevance(emb["token_embeddings"], clip_spans, vision["cls_joint"][b])
+        for b, (p, (_, clip_spans), emb) in enumerate(zip(prompts, encoded, embeddings)):
+            scores = clip_relevance(emb, clip_spans, vision["cls_joint"][b])
             chosen = select_tokens(map_to_llm(p.suffix_spans, scores), p.suffix_spans, self.pipe["tau"])
             out.append(pseudo_cls(suffix_embeds[b], chosen, vision["cls_llm"][b]))
             relevant.append(chosen.tolist())
         return np.stack(out), relevant
+
+    def _clip_embeddings(self, windows: list, max_rows: int, timer) -> list:
+        """CLIP token embeddings for every request's windows, in calls of at most `max_rows` windows (the
+        request batch, which every graph's batch profile accepts) rather than one call per request. Windows
+        are right-padded with eos to one width: CLIP's text attention is causal, so padding after a token
+        does not change its embedding."""
+        width = max(ids.shape[1] for ids in windows)
+        rows = np.concatenate([np.pad(ids, ((0, 0), (0, width - ids.shape[1])), constant_values=self.clip.eos)
+                               for ids in windows])
+        engine = self.engines[self.pipe["text_encoder"]]
+        emb = np.concatenate([timer.run(engine, "text_encoder", {"input_ids": rows[i:i + max_rows]})["token_embeddings"]
+                              for i in range(0, len(rows), max_rows)])
+        return np.split(emb, np.cumsum([len(ids) for ids in windows])[:-1])
 
     # ------------------------------------------------------------------ decode
     def _decode(self, logits, state, prompts, max_new_tokens, timer):
