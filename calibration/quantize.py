@@ -88,7 +88,8 @@ def quantize_graph(src: Path, dst: Path, name: str, feeds: list[dict], scratch: 
     cache = scratch / f"{name}.ranges.ort.json"
     cache.unlink(missing_ok=True)  # ORT would reuse a stale one
     extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "CalibTensorRangeSymmetric": True,
-             "OpTypesToExcludeOutputQuantization": OP_TYPES, "CalibPercentile": PERCENTILE}
+             "OpTypesToExcludeOutputQuantization": OP_TYPES, "CalibPercentile": PERCENTILE,
+             "DedicatedQDQPair": True}  # one Q/DQ per consumer, so ORT fuses each MatMul to int8 (see SessionFromOnnx)
     if method != "minmax":
         # Histograms of feeds with different lengths cannot be stacked in one call: feed them one at a time
         # (ORT merges the histograms), which also keeps one feed's tensors in memory, not all of them.

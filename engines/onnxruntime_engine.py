@@ -28,8 +28,8 @@ def pick_providers(requested: list[str] | None = None) -> list[str]:
 class SessionFromOnnx:
     """Loader: calling it builds an InferenceSession for the graph at `path`."""
 
-    def __init__(self, path, providers: list[str] | None = None, threads: int = 0):
-        self.path, self.providers, self.threads = str(path), providers, threads
+    def __init__(self, path, providers: list[str] | None = None, threads: int = 0, qdq: bool = False):
+        self.path, self.providers, self.threads, self.qdq = str(path), providers, threads, qdq
 
     def __call__(self):
         import onnxruntime as ort
@@ -40,7 +40,12 @@ class SessionFromOnnx:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.threads:
             options.intra_op_num_threads = self.threads
-        return ort.InferenceSession(self.path, options, providers=pick_providers(self.providers))
+        # A QDQ graph gives each consumer of an activation its own Q/DQ pair; ORT's common-subexpression pass
+        # would merge them back, and a shared Q blocks the int8 MatMul fusion (q/k/v, gate/up stay float
+        # MatMuls over dequantized weights: 64 of 224 GEMMs fused in the bench decode graph, 224 without it).
+        disabled = ["CommonSubexpressionElimination"] if self.qdq else []
+        return ort.InferenceSession(self.path, options, providers=pick_providers(self.providers),
+                                    disabled_optimizers=disabled)
 
 
 class OnnxrtRunner:

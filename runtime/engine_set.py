@@ -7,9 +7,9 @@ from runtime.manifest import Manifest
 
 
 def open_onnxruntime(manifest: Manifest, providers: list[str] | None = None) -> dict[str, OnnxrtRunner]:
-    runners = {}
+    runners, qdq = {}, set(manifest.data.get("quantization", {}).get("graphs", []))
     for name, record in manifest["graphs"].items():
-        runner = OnnxrtRunner(SessionFromOnnx(manifest.graph_file(name), providers), name)
+        runner = OnnxrtRunner(SessionFromOnnx(manifest.graph_file(name), providers, qdq=name in qdq), name)
         try:
             signature = runner.io_signature()
         except Exception as e:  # ORT's own message says what is wrong with the file
