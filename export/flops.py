@@ -143,14 +143,17 @@ def _hf_dims(cfg: dict) -> dict:
     return dims
 
 
+def clip_text_dims(cfg: dict) -> dict:
+    """The text-encoder dims count_flops takes, from a CLIP config.json's contents (or CLIPConfig.to_dict())."""
+    t = cfg["text_config"]
+    return {"hidden": t["hidden_size"], "layers": t["num_hidden_layers"], "intermediate": t["intermediate_size"],
+            "positions": t.get("max_position_embeddings", 77), "projection": cfg.get("projection_dim", t["hidden_size"])}
+
+
 def _clip_text_dims(clip_dir) -> dict:
     """The engine's own CLIP text tower (a tiny model has a tiny one); CLIP ViT-L/14's when it cannot be read."""
     try:
-        cfg = json.loads((Path(clip_dir) / "config.json").read_text())
-        t = cfg["text_config"]
-        return {"hidden": t["hidden_size"], "layers": t["num_hidden_layers"], "intermediate": t["intermediate_size"],
-                "positions": t.get("max_position_embeddings", 77),
-                "projection": cfg.get("projection_dim", t["hidden_size"])}
+        return clip_text_dims(json.loads((Path(clip_dir) / "config.json").read_text()))
     except (TypeError, OSError, KeyError, ValueError):
         return TEXT_ENCODERS["clip-vit-l-14"]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from export.checkpoint import Checkpoint
-from export.flops import count_flops, visual_tokens_per_layer
+from export.flops import clip_text_dims, count_flops, visual_tokens_per_layer
 from export.methods.registry import all_methods, get_method
 from export.pipeline import LLAVA_15_TEMPLATE, ExportConfig, base_manifest
 from export.profile import DEFAULT_REQUEST, final_visual_tokens, hf_baseline, median_generation
@@ -80,7 +80,7 @@ def profile_method(name: str, ckpt: Checkpoint, device: str, dtype, runs: int, m
     tokens = visual_tokens_per_layer(name, {"stages": manifest["stages"],
                                             "vision_tokens_out": manifest["vision_tokens_out"]}, dims)
     uses_text = bool(manifest.pipeline.get("text_encoder"))
-    flops = count_flops(dims, tokens, text_tokens, uses_text, _clip_text_dims(ckpt.clip.config))
+    flops = count_flops(dims, tokens, text_tokens, uses_text, clip_text_dims(ckpt.clip.config.to_dict()))
     return {"method": name, "prefill_ms": measured["prefill_ms"],
             "decode_ms_per_token": measured["decode_ms_per_token"], "breakdown_ms": measured["breakdown_ms"],
             "visual_tokens_final": final_visual_tokens(result, manifest), "text_tokens": text_tokens,
@@ -100,12 +100,6 @@ def gpu_kernel_ms(generator, max_new_tokens: int, batch: int = 1) -> dict:
 
     prefill, total = busy(1), busy(max_new_tokens)  # one new token: prefill only
     return {"prefill_kernel_ms": prefill, "decode_kernel_ms_per_token": (total - prefill) / max(max_new_tokens - 1, 1)}
-
-
-def _clip_text_dims(cfg) -> dict:
-    t = cfg.text_config
-    return {"hidden": t.hidden_size, "layers": t.num_hidden_layers, "intermediate": t.intermediate_size,
-            "positions": t.max_position_embeddings, "projection": cfg.projection_dim}
 
 
 def run(geometry: str, device: str, dtype_name: str, methods: list[str], runs: int, max_new_tokens: int,
@@ -132,10 +126,15 @@ def run(geometry: str, device: str, dtype_name: str, methods: list[str], runs: i
             "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
+def _baseline(measured: list[dict]) -> dict:
+    """Every ratio is against the unpruned run, or the first method measured when that one failed."""
+    return next((r for r in measured if r["method"] == "none"), measured[0])
+
+
 def table(report: dict) -> list[str]:
     methods = report["methods"]
-    base = methods.get("none") if "prefill_ms" in methods.get("none", {}) else \
-        next(r for r in methods.values() if "error" not in r)
+    measured = [r for r in methods.values() if "error" not in r]
+    base = _baseline(measured)
     hf = report["hf_baseline"]
     ratio = lambda a, b: f"{a / b:.3f}" if b else "-"
     rows = [f"Measured {report['measured']} on {report['device']} ({report['dtype']}, torch {report['torch']}) by "
@@ -151,14 +150,14 @@ def table(report: dict) -> list[str]:
                     f"| {r['prefill_ms']:.1f} ({ratio(r['prefill_ms'], base['prefill_ms'])}) "
                     f"| {r['decode_ms_per_token']:.2f} ({ratio(r['decode_ms_per_token'], base['decode_ms_per_token'])}) "
                     f"| {r['kv_cache_bytes'] / 2**20:.1f} |")
-    if all("prefill_kernel_ms" in r for r in methods.values() if "error" not in r) and "prefill_kernel_ms" in base:
+    if all("prefill_kernel_ms" in r for r in measured):
         rows += ["", "GPU busy time (sum of kernel durations): what the same graphs cost without eager PyTorch's host "
                  "overhead between kernels, the gap engines close.", "",
                  "| method | prefill kernel ms (ratio) | decode kernel ms/token (ratio) |", "|---|---|---|"]
         rows += [f"| {r['method']} | {r['prefill_kernel_ms']:.1f} ({ratio(r['prefill_kernel_ms'], base['prefill_kernel_ms'])}) "
                  f"| {r['decode_kernel_ms_per_token']:.2f} "
                  f"({ratio(r['decode_kernel_ms_per_token'], base['decode_kernel_ms_per_token'])}) |"
-                 for r in methods.values() if "error" not in r]
+                 for r in measured]
     rows += ["", f"HF `LlavaForConditionalGeneration` (SDPA attention), unpruned: prefill {hf['prefill_ms']:.1f} ms, "
                  f"decode {hf['decode_ms_per_token']:.2f} ms/token; the `{base['method']}` reference over it: prefill "
                  f"{ratio(base['prefill_ms'], hf['prefill_ms'])}, decode "
@@ -172,7 +171,7 @@ def plot(report: dict, path: Path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     methods = [r for r in report["methods"].values() if "error" not in r]
-    base = next(r for r in methods if r["method"] == "none") if any(r["method"] == "none" for r in methods) else methods[0]
+    base = _baseline(methods)
     bars = [("FLOPs", "tflops"), ("GPU busy (kernels)", "prefill_kernel_ms"), ("wall clock", "prefill_ms")]
     bars = [(label, key) for label, key in bars if key in base]
     fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(methods) + 2), 3.2))
