@@ -9,6 +9,7 @@ import platform
 import numpy as np
 
 from engines.onnxruntime_engine import EngineInputError
+from runtime.io_names import KV_PREFIX
 from runtime.errors import EngineDirError, PruneDeployError
 
 
@@ -34,20 +35,25 @@ def import_tensorrt():
     return tensorrt
 
 
-def require_gpu():
-    """Asks the CUDA runtime (through polygraphy's wrapper) for a device; TensorRT needs one to build or load."""
+def cuda_device_problem() -> str | None:
+    """Why the CUDA runtime (through polygraphy's wrapper) offers no GPU here, or None when it offers one."""
     import ctypes
     try:
         from polygraphy import cuda
         count = ctypes.c_int(0)
         status = cuda.wrapper().handle.cudaGetDeviceCount(ctypes.byref(count))
     except Exception as e:  # no libcudart, or polygraphy refusing to load it
-        status, count = f"the CUDA runtime does not load: {e}", ctypes.c_int(0)
-    if status != 0 or count.value < 1:
-        raise TensorRTUnavailable(f"TensorRT imports but finds no NVIDIA GPU (CUDA status {status}, {count.value} "
-                                  "device(s)). TensorRT engines build and run only on a host with an NVIDIA GPU and its "
-                                  "driver (`nvidia-smi` lists it); without one, run the ONNX engine dir with ONNX Runtime "
-                                  "(`cli.py run DIR --provider cpu`).")
+        return f"the CUDA runtime does not load: {e}"
+    return None if status == 0 and count.value > 0 else f"CUDA status {status}, {count.value} device(s)"
+
+
+def require_gpu():
+    """TensorRT needs a GPU to build or load a plan."""
+    problem = cuda_device_problem()
+    if problem:
+        raise TensorRTUnavailable(f"TensorRT imports but finds no NVIDIA GPU ({problem}). TensorRT engines build and "
+                                  "run only on a host with an NVIDIA GPU and its driver (`nvidia-smi` lists it); without "
+                                  "one, run the ONNX engine dir with ONNX Runtime (`cli.py run DIR --provider cpu`).")
 
 
 def require_tensorrt():
@@ -65,28 +71,33 @@ def engine_from_plan(path):
 
 class TensorrtRunner:
     """polygraphy's TrtRunner (dynamic shapes: it sets each input shape per call) behind OnnxrtRunner's
-    contract: activate / infer(feed) -> {name: numpy array} / deactivate.
+    contract: activate / infer(feed) -> {name: output} / deactivate.
 
-    Outputs come back to host numpy, copied, because TrtRunner reuses its host buffers on the next call.
-    This is where device buffers would stay on the GPU: infer(..., copy_outputs_to_host=False) returns
-    DeviceViews, and feeding a decode step's `present.*` views straight back as its `past_key_values.*`
-    would keep the KV cache on the GPU between steps (the generator would then hold DeviceViews, not arrays).
+    KV caches stay on the GPU: `present.*` come back as polygraphy DeviceViews (kept by DeviceKV, valid through
+    this runner's next call), which the generator feeds back unchanged as `past_key_values.*`. Every other
+    output (logits, kept indices, hidden states) is copied to host numpy, as from ONNX Runtime.
     """
 
     def __init__(self, load_engine, name: str = ""):
         self.load_engine, self.name, self.runner, self.input_names = load_engine, name, None, set()
+        self.kv, self.output_dtypes = None, {}
 
     def activate(self):
         if self.runner is None:
             require_tensorrt()
             from polygraphy.backend.trt import TrtRunner
+            from engines.device_kv import DeviceKV
             self.runner = TrtRunner(self.load_engine, name=self.name or None)
             self.runner.activate()
-            self.input_names = {name for name, _, _ in self.io_signature()["inputs"]}
+            signature = self.io_signature()
+            self.input_names = {name for name, _, _ in signature["inputs"]}
+            self.output_dtypes = {name: np.dtype(dtype) for name, dtype, _ in signature["outputs"]}
+            self.kv = DeviceKV()
         return self
 
     def deactivate(self):
         if self.runner is not None:
+            self.kv.free()
             self.runner.deactivate()
             self.runner = None
 
@@ -107,18 +118,22 @@ class TensorrtRunner:
             sig[kind].append((name, trt.nptype(engine.get_tensor_dtype(name)), list(engine.get_tensor_shape(name))))
         return sig
 
-    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def infer(self, feed: dict) -> dict:
+        """feed: numpy arrays, or DeviceViews (KV caches a TensorrtRunner returned), which stay on the GPU."""
         from polygraphy.exception import PolygraphyException
         self.activate()
         missing, extra = sorted(self.input_names - set(feed)), sorted(set(feed) - self.input_names)
         if missing or extra:
             raise EngineInputError(f"graph {self.name}: missing inputs {missing}, unexpected inputs {extra}")
+        feed = {k: np.ascontiguousarray(v) if isinstance(v, np.ndarray) else v for k, v in feed.items()}  # slices are views
         try:
-            outputs = self.runner.infer({k: np.ascontiguousarray(v) for k, v in feed.items()})  # slices are views
+            outputs = self.runner.infer(feed, copy_outputs_to_host=False)
         except PolygraphyException as e:  # shapes outside the plan's profile, wrong dtypes
             raise EngineInputError(f"graph {self.name}: {e}. Shapes must lie within the profile the plan was built "
                                    "with (manifest engines.<graph>.profiles); rebuild with a larger range if needed") from e
-        return {name: np.array(value) for name, value in outputs.items()}
+        self.kv.next_call()
+        return {name: self.kv.keep(name, view, self.output_dtypes[name]) if name.startswith(KV_PREFIX) else view.numpy()
+                for name, view in outputs.items()}
 
 
 def open_tensorrt(manifest) -> dict[str, TensorrtRunner]:

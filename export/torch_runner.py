@@ -9,8 +9,7 @@ import numpy as np
 import torch
 
 from export.graphs import GraphDef
-
-KV_PREFIX = "present."
+from runtime.io_names import KV_PREFIX
 
 
 class TorchRunner:

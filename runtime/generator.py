@@ -71,7 +71,8 @@ class Generator:
         self._check_lengths(prompts, max_new_tokens)
         pixels = np.stack([preprocess(self._image(r), self.preprocess_cfg) for r in requests])
         logits, state, stages, relevant = self._prefill(prompts, pixels, timer)
-        kv_bytes = sum(k[0].nbytes + v[0].nbytes for k, v in state["past"].values())
+        # per request; on a GPU runner k and v are device buffers, which have nbytes but no indexing
+        kv_bytes = sum(k.nbytes + v.nbytes for k, v in state["past"].values()) // len(prompts)
         prefill_ms = (time.perf_counter() - start) * 1e3
         tokens = self._decode(logits, state, prompts, max_new_tokens, timer)
         total_ms = (time.perf_counter() - start) * 1e3

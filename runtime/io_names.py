@@ -12,6 +12,7 @@ THRESHOLDS_IN = ["thresholds"]  # ATP's calibrated (theta_r, theta_s), fed from 
 HIDDEN_OUT = ["prefix_hidden", "visual_hidden", "suffix_hidden"]
 PSEUDO_CLS_OUT = ["pseudo_cls_hidden"]
 KEPT_OUT, KEPT_COUNT_OUT, LOGITS_OUT = ["kept"], ["kept_count"], ["logits"]
+KV_PREFIX = "present."  # the KV-cache outputs, which a GPU runner may leave on the device
 
 
 def kept_name(stage: str) -> str:

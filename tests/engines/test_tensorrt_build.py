@@ -143,7 +143,17 @@ def test_built_plans_run_and_match_onnx_runtime(none_dir, tmp_path, precision):
     from runtime.generator import Request
     requests = [Request(IMAGES / "chelsea.jpg", PROMPTS[1]), Request(IMAGES / "coffee.jpg", PROMPTS[2])]
     want = open_engine_dir(none_dir, "cpu").generate(requests, max_new_tokens=6)
-    got = open_engine_dir(out).generate(requests, max_new_tokens=6)
+    generator = open_engine_dir(out)
+    decode, past_types = generator.engines[generator.pipe["decode"]], []
+    infer = decode.infer
+
+    def recording(feed):
+        past_types.append({type(v).__name__ for k, v in feed.items() if k.startswith("past_key_values.")})
+        return infer(feed)
+    decode.infer = recording
+    got = generator.generate(requests, max_new_tokens=6)
     assert all(len(g.token_ids) == 6 for g in got)
+    assert past_types == [{"DeviceView"}] * 5  # KV caches never left the GPU
+    assert got[0].kv_bytes == want[0].kv_bytes
     if precision == "fp32":
         assert [g.token_ids for g in got] == [w.token_ids for w in want]

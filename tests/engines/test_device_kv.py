@@ -1,0 +1,70 @@
+"""KV caches kept on the GPU between TensorRT calls: the buffer rotation everywhere (host arrays stand in for
+device memory), the device copies where a GPU is (no TensorRT needed, only the CUDA runtime)."""
+import numpy as np
+import pytest
+
+from engines.device_kv import AlternatingBuffers
+from engines.tensorrt_engine import cuda_device_problem
+
+
+def host_buffers(released):
+    return AlternatingBuffers(lambda n: np.zeros(n, np.uint8), released.append)
+
+
+def test_what_a_call_returned_survives_the_next_call_and_is_reused_by_the_one_after():
+    released = []
+    buffers = host_buffers(released)
+    got = []
+    for _ in range(3):
+        buffers.next_call()
+        got.append(buffers.take("present.0.key", 100))
+    assert got[0] is not got[1] and got[2] is got[0]
+    assert [b.nbytes for b in got] == [125, 125, 125] and released == []
+
+
+def test_growth_reallocates_with_headroom_not_at_every_step():
+    released = []
+    buffers = host_buffers(released)
+    sizes = []
+    for step in range(12):  # a cache that gains 4 bytes per decode step
+        buffers.next_call()
+        sizes.append(buffers.take("present.0.key", 100 + 4 * step).nbytes)
+    # even steps use one buffer, odd steps the other; each is 1.25x the first need it did not fit
+    assert sizes == [125, 130, 125, 130, 125, 130, 125, 130, 165, 170, 165, 170]
+    assert [r.nbytes for r in released] == [125, 130]
+    buffers.release_all()
+    assert [r.nbytes for r in released] == [125, 130, 165, 170] and buffers.slots == {}
+
+
+def test_outputs_have_their_own_buffers_and_empty_outputs_get_a_byte():
+    buffers = host_buffers([])
+    buffers.next_call()
+    key, value, empty = buffers.take("present.0.key", 8), buffers.take("present.0.value", 8), buffers.take("x", 0)
+    assert key is not value and empty.nbytes == 1
+
+
+GPU_PROBLEM = cuda_device_problem()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(GPU_PROBLEM is not None, reason=f"needs an NVIDIA GPU and the CUDA runtime: {GPU_PROBLEM}")
+def test_kept_caches_outlive_the_runner_buffer_they_were_copied_from():
+    """polygraphy overwrites its output buffer on every call; what DeviceKV kept must not change with it."""
+    from polygraphy import cuda
+    from engines.device_kv import DeviceKV
+    kv = DeviceKV()
+    runner_output = cuda.DeviceArray.raw((0,))
+    steps, kept = [np.arange(12 + 4 * t, dtype=np.float32).reshape(1, 1, -1, 4) * (t + 1) for t in range(4)], []
+    try:
+        for t, host in enumerate(steps):
+            runner_output.resize((host.nbytes,)).copy_from(host.view(np.uint8).ravel())
+            kv.next_call()
+            kept.append(kv.keep("present.0.key", runner_output.view(host.shape, np.float32), np.dtype(np.float32)))
+            np.testing.assert_array_equal(kept[-1].numpy(), host)
+            if t:  # the previous step's cache (this step's past) is intact though the runner buffer moved on
+                np.testing.assert_array_equal(kept[-2].numpy(), steps[t - 1])
+                assert kept[-1].ptr != kept[-2].ptr
+        assert kept[0].shape == (1, 1, 3, 4) and kept[-1].shape == (1, 1, 6, 4)
+    finally:
+        kv.free()
+        runner_output.free()
