@@ -1,0 +1,72 @@
+"""What carrying the KV cache costs per decode step, outside TensorRT's kernels, at LLaVA-1.5-7B geometry:
+through the host (the plan's outputs copied down, fed back up, as with numpy feeds) or kept on the GPU
+(DeviceKV's device-to-device copy). Needs an NVIDIA GPU and the CUDA runtime, not TensorRT.
+
+    python -m engines.kv_copy_benchmark [--tokens 700] [--batch 1] [--runs 10]
+"""
+import argparse
+import time
+
+import numpy as np
+
+from engines.device_kv import DeviceKV
+
+LAYERS, HEADS, HEAD_DIM = 32, 32, 128  # LLaVA-1.5-7B's LLM (Vicuna-7B)
+
+
+def kv_outputs(batch: int, tokens: int, dtype):
+    """One device array per present.* output, as a plan's output buffers hold them."""
+    from polygraphy import cuda
+    shape = (batch, HEADS, tokens, HEAD_DIM)
+    zeros = np.zeros(shape, dtype)  # content does not change copy time
+    return {f"present.{i}.{kind}": cuda.DeviceArray(shape, dtype).copy_from(zeros)
+            for i in range(LAYERS) for kind in ("key", "value")}
+
+
+def through_host(outputs, inputs) -> None:
+    for name, out in outputs.items():
+        host = out.numpy()  # the runner's copy to host
+        inputs[name].copy_from(host)  # fed back as the next step's past
+
+
+def on_device(outputs, kv: DeviceKV) -> None:
+    kv.next_call()
+    for name, out in outputs.items():
+        kv.keep(name, out.view(), np.dtype(np.float32))
+
+
+def median_ms(step, runs: int) -> float:
+    step()  # warm-up: first allocations
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - start) * 1e3)
+    return float(np.median(times))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tokens", type=int, default=700, help="cached tokens per request (LLaVA-1.5: ~640 unpruned)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--runs", type=int, default=10)
+    args = p.parse_args(argv)
+    from polygraphy import cuda
+    outputs = kv_outputs(args.batch, args.tokens, np.float32)
+    inputs = {name: cuda.DeviceArray(out.shape, np.float32) for name, out in outputs.items()}
+    kv = DeviceKV()
+    try:
+        mib = sum(a.nbytes for a in outputs.values()) / 2**20
+        host = median_ms(lambda: through_host(outputs, inputs), args.runs)
+        device = median_ms(lambda: on_device(outputs, kv), args.runs)
+        print(f"| KV (fp32, batch {args.batch}, {args.tokens} tokens) | through the host | kept on the GPU | ratio |")
+        print("|---|---|---|---|")
+        print(f"| {mib:.0f} MiB per step | {host:.2f} ms | {device:.3f} ms | {device / host:.4f} |")
+    finally:
+        kv.free()
+        for a in [*outputs.values(), *inputs.values()]:
+            a.free()
+
+
+if __name__ == "__main__":
+    main()
