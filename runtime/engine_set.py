@@ -6,10 +6,12 @@ from runtime.errors import EngineDirError
 from runtime.manifest import Manifest
 
 
-def open_onnxruntime(manifest: Manifest, providers: list[str] | None = None) -> dict[str, OnnxrtRunner]:
+def open_onnxruntime(manifest: Manifest, providers: list[str] | None = None,
+                     kv_device: str | None = "auto") -> dict[str, OnnxrtRunner]:
+    """kv_device: see OnnxrtRunner ("auto": KV caches stay on the GPU when the sessions run there)."""
     runners, qdq = {}, set(manifest.data.get("quantization", {}).get("graphs", []))
     for name, record in manifest["graphs"].items():
-        runner = OnnxrtRunner(SessionFromOnnx(manifest.graph_file(name), providers, qdq=name in qdq), name)
+        runner = OnnxrtRunner(SessionFromOnnx(manifest.graph_file(name), providers, qdq=name in qdq), name, kv_device)
         try:
             signature = runner.io_signature()
         except Exception as e:  # ORT's own message says what is wrong with the file

@@ -51,6 +51,12 @@ class Timer:
         return out
 
 
+def nbytes(cache) -> int:
+    """Size of a KV cache as a runner returned it: numpy, or left on a GPU (torch tensor, polygraphy DeviceView,
+    ONNX Runtime OrtValue), which cannot be indexed per request."""
+    return cache.tensor_size_in_bytes() if hasattr(cache, "tensor_size_in_bytes") else cache.nbytes
+
+
 class Generator:
     def __init__(self, manifest, engines: dict):
         self.m, self.engines, self.pipe = manifest, engines, manifest.pipeline
@@ -71,8 +77,7 @@ class Generator:
         self._check_lengths(prompts, max_new_tokens)
         pixels = np.stack([preprocess(self._image(r), self.preprocess_cfg) for r in requests])
         logits, state, stages, relevant = self._prefill(prompts, pixels, timer)
-        # per request; on a GPU runner k and v are device buffers, which have nbytes but no indexing
-        kv_bytes = sum(k.nbytes + v.nbytes for k, v in state["past"].values()) // len(prompts)
+        kv_bytes = sum(nbytes(k) + nbytes(v) for k, v in state["past"].values()) // len(prompts)  # per request
         prefill_ms = (time.perf_counter() - start) * 1e3
         tokens = self._decode(logits, state, prompts, max_new_tokens, timer)
         total_ms = (time.perf_counter() - start) * 1e3

@@ -1,0 +1,52 @@
+"""ONNX Runtime on a GPU keeps KV caches as OrtValues between steps (IOBinding), never copied to the host.
+The same path runs here with OrtValues on the CPU: tokens, kept indices and cache size must not change."""
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from engines.onnxruntime_engine import ORT_TYPES, EngineInputError, kv_device_for
+from runtime.engine_set import open_onnxruntime
+from runtime.generator import Generator, Request
+from tests.conftest import IMAGES, PROMPTS
+
+
+def test_sessions_on_cuda_or_tensorrt_keep_kv_on_the_gpu_and_cpu_sessions_return_numpy():
+    assert kv_device_for(["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]) == "cuda"
+    assert kv_device_for(["CUDAExecutionProvider", "CPUExecutionProvider"]) == "cuda"
+    assert kv_device_for(["CPUExecutionProvider"]) is None
+
+
+def past_types(engines, decode):
+    runner, seen = engines[decode], []
+    infer = runner.infer
+
+    def recording(feed):
+        seen.append({type(v).__name__ for k, v in feed.items() if k.startswith("past_key_values.")})
+        return infer(feed)
+    runner.infer = recording
+    return seen
+
+
+def test_bound_kv_caches_give_the_same_tokens_kept_indices_and_cache_size(ivtp_engines):
+    manifest, decode = ivtp_engines.m, ivtp_engines.pipe["decode"]
+    requests = [Request(IMAGES / "chelsea.jpg", PROMPTS[1]), Request(IMAGES / "coffee.jpg", PROMPTS[2])]
+    plain = open_onnxruntime(manifest, ["CPUExecutionProvider"])
+    assert {r.kv_device for r in plain.values()} == {None}
+    plain_types = past_types(plain, decode)
+    want = Generator(manifest, plain).generate(requests, max_new_tokens=5)
+    bound = open_onnxruntime(manifest, ["CPUExecutionProvider"], kv_device="cpu")
+    bound_types = past_types(bound, decode)
+    got = Generator(manifest, bound).generate(requests, max_new_tokens=5)
+    assert plain_types == [{"ndarray"}] * 4 and bound_types == [{"OrtValue"}] * 4
+    assert [g.token_ids for g in got] == [w.token_ids for w in want]
+    assert [g.stages for g in got] == [w.stages for w in want]
+    assert got[0].kv_cache_bytes == want[0].kv_cache_bytes > 0
+
+
+def test_an_ort_value_of_the_wrong_dtype_is_refused_by_name(ivtp_engines):
+    runner = open_onnxruntime(ivtp_engines.m, ["CPUExecutionProvider"], kv_device="cpu")[ivtp_engines.pipe["decode"]]
+    feed = {a.name: np.zeros([1 if isinstance(d, str) else d for d in a.shape], ORT_TYPES[a.type])
+            for a in runner.activate().session.get_inputs()}
+    feed["past_key_values.0.key"] = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, 2, 3, 4), np.int32))
+    with pytest.raises(EngineInputError, match="input past_key_values.0.key must be float32, got int32"):
+        runner.infer(feed)
