@@ -3,7 +3,7 @@ device memory), the device copies where a GPU is (no TensorRT needed, only the C
 import numpy as np
 import pytest
 
-from engines.device_kv import AlternatingBuffers
+from engines.device_kv import AlternatingBuffers, CacheView
 from engines.tensorrt_engine import cuda_device_problem
 
 
@@ -41,6 +41,22 @@ def test_outputs_have_their_own_buffers_and_empty_outputs_get_a_byte():
     buffers.next_call()
     key, value, empty = buffers.take("present.0.key", 8), buffers.take("present.0.value", 8), buffers.take("x", 0)
     assert key is not value and empty.nbytes == 1
+
+
+def test_a_kept_cache_passes_polygraphys_input_check_without_a_warning_per_read(capsys):
+    from polygraphy import cuda, util
+    from polygraphy.backend.base.util import check_inputs
+    from polygraphy.common import TensorMetadata
+    from polygraphy.datatype import DataType
+    from polygraphy.exception import PolygraphyException
+    view = CacheView(0, (1, 32, 7, 128), np.dtype(np.float32))  # address 0: nothing is read from it here
+    check_inputs({"past": view}, TensorMetadata().add("past", DataType.FLOAT32, (-1, 32, -1, 128)))
+    with pytest.raises(PolygraphyException, match="unexpected dtype"):
+        check_inputs({"past": view}, TensorMetadata().add("past", DataType.FLOAT16, (-1, 32, -1, 128)))
+    assert "In the future" not in capsys.readouterr().out
+    with pytest.warns(DeprecationWarning):  # the plain view warns on every read
+        util.array.dtype(cuda.DeviceView(0, (1,), np.dtype(np.float32)))
+    assert "In the future" in capsys.readouterr().out
 
 
 GPU_PROBLEM = cuda_device_problem()
