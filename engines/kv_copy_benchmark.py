@@ -5,18 +5,20 @@ through the host (the plan's outputs copied down, fed back up, as with numpy fee
     python -m engines.kv_copy_benchmark [--tokens 700] [--batch 1] [--runs 10]
 """
 import argparse
+import sys
 import time
 
 import numpy as np
+from polygraphy import cuda
 
 from engines.device_kv import DeviceKV
+from engines.tensorrt_engine import cuda_device_problem
 
 LAYERS, HEADS, HEAD_DIM = 32, 32, 128  # LLaVA-1.5-7B's LLM (Vicuna-7B)
 
 
 def kv_outputs(batch: int, tokens: int, dtype):
     """One device array per present.* output, as a plan's output buffers hold them."""
-    from polygraphy import cuda
     shape = (batch, HEADS, tokens, HEAD_DIM)
     zeros = np.zeros(shape, dtype)  # content does not change copy time
     return {f"present.{i}.{kind}": cuda.DeviceArray(shape, dtype).copy_from(zeros)
@@ -51,7 +53,9 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--runs", type=int, default=10)
     args = p.parse_args(argv)
-    from polygraphy import cuda
+    problem = cuda_device_problem()
+    if problem:
+        sys.exit(f"error: this benchmark needs an NVIDIA GPU and the CUDA runtime ({problem})")
     outputs = kv_outputs(args.batch, args.tokens, np.float32)
     inputs = {name: cuda.DeviceArray(out.shape, np.float32) for name, out in outputs.items()}
     kv = DeviceKV()

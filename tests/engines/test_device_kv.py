@@ -84,3 +84,10 @@ def test_kept_caches_outlive_the_runner_buffer_they_were_copied_from():
     finally:
         kv.free()
         runner_output.free()
+
+
+@pytest.mark.skipif(GPU_PROBLEM is None, reason="this host has a GPU")
+def test_the_copy_benchmark_says_it_needs_a_gpu():
+    from engines import kv_copy_benchmark
+    with pytest.raises(SystemExit, match="needs an NVIDIA GPU and the CUDA runtime"):
+        kv_copy_benchmark.main(["--runs", "1"])
