@@ -10,6 +10,7 @@ import types
 import pytest
 
 import cli
+from calibration.capture import record
 from engines import tensorrt_engine
 from engines.tensorrt_build import BuildConfig, build_engine_dir, config_options
 from engines.tensorrt_engine import TensorRTUnavailable, require_tensorrt
@@ -144,15 +145,10 @@ def test_built_plans_run_and_match_onnx_runtime(none_dir, tmp_path, precision):
     requests = [Request(IMAGES / "chelsea.jpg", PROMPTS[1]), Request(IMAGES / "coffee.jpg", PROMPTS[2])]
     want = open_engine_dir(none_dir, "cpu").generate(requests, max_new_tokens=6)
     generator = open_engine_dir(out)
-    decode, past_types = generator.engines[generator.pipe["decode"]], []
-    infer = decode.infer
-
-    def recording(feed):
-        past_types.append({type(v).__name__ for k, v in feed.items() if k.startswith("past_key_values.")})
-        return infer(feed)
-    decode.infer = recording
+    decode_feeds = record(generator)[generator.pipe["decode"]].feeds
     got = generator.generate(requests, max_new_tokens=6)
     assert all(len(g.token_ids) == 6 for g in got)
+    past_types = [{type(v).__name__ for k, v in f.items() if k.startswith("past_key_values.")} for f in decode_feeds]
     assert past_types == [{"CacheView"}] * 5  # KV caches never left the GPU (a quiet DeviceView)
     assert got[0].kv_cache_bytes == want[0].kv_cache_bytes
     if precision == "fp32":

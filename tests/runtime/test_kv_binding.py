@@ -4,6 +4,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from calibration.capture import record
 from engines.onnxruntime_engine import ORT_TYPES, EngineInputError, kv_device_for
 from runtime.engine_set import open_onnxruntime
 from runtime.generator import Generator, Request
@@ -16,15 +17,8 @@ def test_sessions_on_cuda_or_tensorrt_keep_kv_on_the_gpu_and_cpu_sessions_return
     assert kv_device_for(["CPUExecutionProvider"]) is None
 
 
-def past_types(engines, decode):
-    runner, seen = engines[decode], []
-    infer = runner.infer
-
-    def recording(feed):
-        seen.append({type(v).__name__ for k, v in feed.items() if k.startswith("past_key_values.")})
-        return infer(feed)
-    runner.infer = recording
-    return seen
+def past_types(feeds: list[dict]) -> list[set]:
+    return [{type(v).__name__ for k, v in feed.items() if k.startswith("past_key_values.")} for feed in feeds]
 
 
 def test_bound_kv_caches_give_the_same_tokens_kept_indices_and_cache_size(ivtp_engines):
@@ -32,12 +26,13 @@ def test_bound_kv_caches_give_the_same_tokens_kept_indices_and_cache_size(ivtp_e
     requests = [Request(IMAGES / "chelsea.jpg", PROMPTS[1]), Request(IMAGES / "coffee.jpg", PROMPTS[2])]
     plain = open_onnxruntime(manifest, ["CPUExecutionProvider"])
     assert {r.kv_device for r in plain.values()} == {None}
-    plain_types = past_types(plain, decode)
-    want = Generator(manifest, plain).generate(requests, max_new_tokens=5)
-    bound = open_onnxruntime(manifest, ["CPUExecutionProvider"], kv_device="cpu")
-    bound_types = past_types(bound, decode)
-    got = Generator(manifest, bound).generate(requests, max_new_tokens=5)
-    assert plain_types == [{"ndarray"}] * 4 and bound_types == [{"OrtValue"}] * 4
+    plain_generator = Generator(manifest, plain)
+    plain_feeds = record(plain_generator)[decode].feeds
+    want = plain_generator.generate(requests, max_new_tokens=5)
+    bound_generator = Generator(manifest, open_onnxruntime(manifest, ["CPUExecutionProvider"], kv_device="cpu"))
+    bound_feeds = record(bound_generator)[decode].feeds
+    got = bound_generator.generate(requests, max_new_tokens=5)
+    assert past_types(plain_feeds) == [{"ndarray"}] * 4 and past_types(bound_feeds) == [{"OrtValue"}] * 4
     assert [g.token_ids for g in got] == [w.token_ids for w in want]
     assert [g.stages for g in got] == [w.stages for w in want]
     assert got[0].kv_cache_bytes == want[0].kv_cache_bytes > 0
