@@ -15,13 +15,14 @@ from engines.device_kv import DeviceKV
 from engines.tensorrt_engine import cuda_device_problem
 
 LAYERS, HEADS, HEAD_DIM = 32, 32, 128  # LLaVA-1.5-7B's LLM (Vicuna-7B)
+DTYPE = np.float32  # the exported graphs carry KV caches in fp32, whatever precision a plan computes in
 
 
-def kv_outputs(batch: int, tokens: int, dtype):
+def kv_outputs(batch: int, tokens: int):
     """One device array per present.* output, as a plan's output buffers hold them."""
     shape = (batch, HEADS, tokens, HEAD_DIM)
-    zeros = np.zeros(shape, dtype)  # content does not change copy time
-    return {f"present.{i}.{kind}": cuda.DeviceArray(shape, dtype).copy_from(zeros)
+    zeros = np.zeros(shape, DTYPE)  # content does not change copy time
+    return {f"present.{i}.{kind}": cuda.DeviceArray(shape, DTYPE).copy_from(zeros)
             for i in range(LAYERS) for kind in ("key", "value")}
 
 
@@ -34,7 +35,7 @@ def through_host(outputs, inputs) -> None:
 def on_device(outputs, kv: DeviceKV) -> None:
     kv.next_call()
     for name, out in outputs.items():
-        kv.keep(name, out.view(), np.dtype(np.float32))
+        kv.keep(name, out.view(), np.dtype(DTYPE))
 
 
 def median_ms(step, runs: int) -> float:
@@ -56,8 +57,8 @@ def main(argv=None):
     problem = cuda_device_problem()
     if problem:
         sys.exit(f"error: this benchmark needs an NVIDIA GPU and the CUDA runtime ({problem})")
-    outputs = kv_outputs(args.batch, args.tokens, np.float32)
-    inputs = {name: cuda.DeviceArray(out.shape, np.float32) for name, out in outputs.items()}
+    outputs = kv_outputs(args.batch, args.tokens)
+    inputs = {name: cuda.DeviceArray(out.shape, DTYPE) for name, out in outputs.items()}
     kv = DeviceKV()
     try:
         mib = sum(a.nbytes for a in outputs.values()) / 2**20
