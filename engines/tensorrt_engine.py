@@ -9,7 +9,7 @@ import platform
 import numpy as np
 
 from engines.onnxruntime_engine import EngineInputError
-from runtime.io_names import KV_PREFIX
+from runtime.io_names import KV_PREFIX, PAST_PREFIX
 from runtime.errors import EngineDirError, PruneDeployError
 
 
@@ -73,9 +73,13 @@ class TensorrtRunner:
     """polygraphy's TrtRunner (dynamic shapes: it sets each input shape per call) behind OnnxrtRunner's
     contract: activate / infer(feed) -> {name: output} / deactivate.
 
-    KV caches stay on the GPU: `present.*` come back as polygraphy DeviceViews (kept by DeviceKV, valid through
-    this runner's next call), which the generator feeds back unchanged as `past_key_values.*`. Every other
-    output (logits, kept indices, hidden states) is copied to host numpy, as from ONNX Runtime.
+    KV caches stay on the GPU: `present.*` come back as polygraphy DeviceViews, which the generator feeds back
+    unchanged as `past_key_values.*`. Every other output (logits, kept indices, hidden states) is copied to host
+    numpy, as from ONNX Runtime.
+    - A runner that reads past caches (decode) is fed its own last outputs, so it keeps copies (DeviceKV), valid
+      through its next call.
+    - Any other runner (a prefill segment) returns views of polygraphy's own buffers, valid until its next
+      call: decode reads them at its first step, long before the next request's prefill.
     """
 
     def __init__(self, load_engine, name: str = ""):
@@ -86,18 +90,22 @@ class TensorrtRunner:
         if self.runner is None:
             require_tensorrt()
             from polygraphy.backend.trt import TrtRunner
-            from engines.device_kv import DeviceKV
             self.runner = TrtRunner(self.load_engine, name=self.name or None)
             self.runner.activate()
-            signature = self.io_signature()
-            self.input_names = {name for name, _, _ in signature["inputs"]}
-            self.output_dtypes = {name: np.dtype(dtype) for name, dtype, _ in signature["outputs"]}
-            self.kv = DeviceKV()
+            self.use_signature(self.io_signature())
         return self
+
+    def use_signature(self, signature: dict):
+        """Input names and output dtypes from the plan; KV copies only where the plan reads past caches."""
+        from engines.device_kv import DeviceKV
+        self.input_names = {name for name, _, _ in signature["inputs"]}
+        self.output_dtypes = {name: np.dtype(dtype) for name, dtype, _ in signature["outputs"]}
+        self.kv = DeviceKV() if any(name.startswith(PAST_PREFIX) for name in self.input_names) else None
 
     def deactivate(self):
         if self.runner is not None:
-            self.kv.free()
+            if self.kv is not None:
+                self.kv.free()
             self.runner.deactivate()
             self.runner = None
 
@@ -131,9 +139,16 @@ class TensorrtRunner:
         except PolygraphyException as e:  # shapes outside the plan's profile, wrong dtypes
             raise EngineInputError(f"graph {self.name}: {e}. Shapes must lie within the profile the plan was built "
                                    "with (manifest engines.<graph>.profiles); rebuild with a larger range if needed") from e
-        self.kv.next_call()
-        return {name: self.kv.keep(name, view, self.output_dtypes[name]) if name.startswith(KV_PREFIX) else view.numpy()
+        if self.kv is not None:
+            self.kv.next_call()
+        return {name: self.cache(name, view) if name.startswith(KV_PREFIX) else view.numpy()
                 for name, view in outputs.items()}
+
+    def cache(self, name: str, view):
+        """A `present.*` output as the generator carries it: a quiet view, copied only by a decode runner."""
+        from engines.device_kv import CacheView
+        dtype = self.output_dtypes[name]
+        return self.kv.keep(name, view, dtype) if self.kv is not None else CacheView(view.ptr, tuple(view.shape), dtype)
 
 
 def open_tensorrt(manifest) -> dict[str, TensorrtRunner]:

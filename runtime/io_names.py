@@ -13,6 +13,7 @@ HIDDEN_OUT = ["prefix_hidden", "visual_hidden", "suffix_hidden"]
 PSEUDO_CLS_OUT = ["pseudo_cls_hidden"]
 KEPT_OUT, KEPT_COUNT_OUT, LOGITS_OUT = ["kept"], ["kept_count"], ["logits"]
 KV_PREFIX = "present."  # the KV-cache outputs, which a GPU runner may leave on the device
+PAST_PREFIX = "past_key_values."  # the KV-cache inputs (decode)
 
 
 def kept_name(stage: str) -> str:

@@ -3,8 +3,8 @@ device memory), the device copies where a GPU is (no TensorRT needed, only the C
 import numpy as np
 import pytest
 
-from engines.device_kv import AlternatingBuffers, CacheView
-from engines.tensorrt_engine import cuda_device_problem
+from engines.device_kv import AlternatingBuffers, CacheView, DeviceKV
+from engines.tensorrt_engine import TensorrtRunner, cuda_device_problem
 
 
 def host_buffers(released):
@@ -57,6 +57,72 @@ def test_a_kept_cache_passes_polygraphys_input_check_without_a_warning_per_read(
     with pytest.warns(DeprecationWarning):  # the plain view warns on every read
         util.array.dtype(cuda.DeviceView(0, (1,), np.dtype(np.float32)))
     assert "In the future" in capsys.readouterr().out
+
+
+class PolygraphyRunner:
+    """What TensorrtRunner sees of polygraphy's TrtRunner: infer returns views of the buffers it reuses."""
+
+    def __init__(self, outputs):
+        self.outputs = outputs
+
+    def infer(self, feed, copy_outputs_to_host):
+        assert copy_outputs_to_host is False
+        return self.outputs
+
+
+class HostOutput:
+    def __init__(self, array):
+        self.array = array
+
+    def numpy(self):
+        return self.array
+
+
+class RecordingKV:
+    def __init__(self):
+        self.calls, self.kept = 0, []
+
+    def next_call(self):
+        self.calls += 1
+
+    def keep(self, name, view, dtype):
+        self.kept.append((name, view.ptr, dtype))
+        return "copy"
+
+
+def cuda_view(ptr, shape):
+    from polygraphy import cuda
+    return cuda.DeviceView(ptr, shape, np.dtype(np.float32))  # never read here
+
+
+def runner_for(inputs, outputs):
+    """A TensorrtRunner over a plan with these inputs, whose polygraphy runner returns `outputs`."""
+    runner = TensorrtRunner(load_engine=None, name="graph")
+    runner.runner = PolygraphyRunner(outputs)
+    runner.use_signature({"inputs": [(n, np.float32, [-1]) for n in inputs],
+                          "outputs": [(n, np.float32, [-1]) for n in outputs]})
+    return runner
+
+
+def test_a_prefill_segment_hands_out_its_own_buffers_without_a_copy():
+    logits = np.arange(6, dtype=np.float32)
+    runner = runner_for(["prefix_embeds"], {"present.0.key": cuda_view(4096, (1, 2, 5, 4)), "logits": HostOutput(logits)})
+    assert runner.kv is None  # decode reads these before the next request's prefill overwrites them
+    out = runner.infer({"prefix_embeds": np.zeros(3, np.float32)})
+    cache = out["present.0.key"]
+    from polygraphy.datatype import DataType
+    assert type(cache) is CacheView and (cache.ptr, cache.shape, cache.dtype) == (4096, (1, 2, 5, 4), DataType.FLOAT32)
+    np.testing.assert_array_equal(out["logits"], logits)
+
+
+def test_decode_copies_its_caches_because_it_is_fed_them_back():
+    runner = runner_for(["inputs_embeds", "past_key_values.0.key"], {"present.0.key": cuda_view(8192, (1, 2, 6, 4))})
+    assert isinstance(runner.kv, DeviceKV)
+    runner.kv = RecordingKV()
+    out = runner.infer({"inputs_embeds": np.zeros(3, np.float32), "past_key_values.0.key": np.zeros(3, np.float32)})
+    runner.infer({"inputs_embeds": np.zeros(3, np.float32), "past_key_values.0.key": out["present.0.key"]})
+    assert out == {"present.0.key": "copy"} and runner.kv.calls == 2
+    assert runner.kv.kept == [("present.0.key", 8192, np.float32)] * 2
 
 
 GPU_PROBLEM = cuda_device_problem()
