@@ -3,15 +3,9 @@ pruning stage, and the CPU latency ratio int8 / fp32 (ONNX Runtime, medians of i
 import statistics
 import sys
 
-import numpy as np
-
 from calibration.capture import RecordingRunner
+from engines.token_tolerance import cosine
 from runtime.load import open_engine_dir
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
 
 
 def token_agreement(a: list[int], b: list[int]) -> tuple[float, float]:

@@ -5,11 +5,23 @@ from pathlib import Path
 import pytest
 import torch
 
+from calibration.capture import record
+
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "assets" / "images"
 PROMPTS = ["What is the person in this photo wearing, and what colour is it?",
            "Describe the animal on the sofa.",
            "How many cups are on the table?"]
+
+
+def generate_with_logits(generator, requests, max_new_tokens):
+    """Results, each request's logits at every greedy step (the head segment's, then decode's), and the
+    recording runners."""
+    recorders = record(generator, keep_outputs=True)
+    head = next(seg["graph"] for seg in generator.pipe["segments"] if seg["head"])
+    results = generator.generate(requests, max_new_tokens)
+    steps = [recorders[head].outputs[0]["logits"]] + [o["logits"] for o in recorders[generator.pipe["decode"]].outputs]
+    return results, [[step[b] for step in steps] for b in range(len(requests))], recorders
 
 
 @pytest.fixture(scope="session", autouse=True)

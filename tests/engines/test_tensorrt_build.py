@@ -10,13 +10,13 @@ import types
 import pytest
 
 import cli
-from calibration.capture import record
 from engines import tensorrt_engine
 from engines.tensorrt_build import BuildConfig, build_engine_dir, config_options
 from engines.tensorrt_engine import TensorRTUnavailable, require_tensorrt
+from engines.token_tolerance import greedy_mismatch
 from runtime.errors import ConfigError, EngineDirError
 from runtime.load import open_engine_dir
-from tests.conftest import IMAGES, PROMPTS, ROOT
+from tests.conftest import IMAGES, PROMPTS, ROOT, generate_with_logits
 
 
 def tensorrt_skip_reason() -> str | None:
@@ -143,13 +143,24 @@ def test_built_plans_run_and_match_onnx_runtime(none_dir, tmp_path, precision):
     assert not list(out.glob("*.onnx*")) and manifest["versions"]["tensorrt"] == tensorrt.__version__
     from runtime.generator import Request
     requests = [Request(IMAGES / "chelsea.jpg", PROMPTS[1]), Request(IMAGES / "coffee.jpg", PROMPTS[2])]
-    want = open_engine_dir(none_dir, "cpu").generate(requests, max_new_tokens=6)
-    generator = open_engine_dir(out)
-    decode_feeds = record(generator)[generator.pipe["decode"]].feeds
-    got = generator.generate(requests, max_new_tokens=6)
+    want, want_logits, _ = generate_with_logits(open_engine_dir(none_dir, "cpu"), requests, 6)
+    got, got_logits, recorders = generate_with_logits(open_engine_dir(out), requests, 6)
     assert all(len(g.token_ids) == 6 for g in got)
+    decode_feeds = recorders[manifest["pipeline"]["decode"]].feeds
     past_types = [{type(v).__name__ for k, v in f.items() if k.startswith("past_key_values.")} for f in decode_feeds]
     assert past_types == [{"CacheView"}] * 5  # KV caches never left the GPU (a quiet DeviceView)
     assert got[0].kv_cache_bytes == want[0].kv_cache_bytes
+    # fp16 may flip a near tie and nothing else; fp32 must give the very same tokens
+    assert [greedy_mismatch(*pair) for pair in zip(want_logits, got_logits, [w.token_ids for w in want],
+                                                    [g.token_ids for g in got])] == [None, None]
     if precision == "fp32":
         assert [g.token_ids for g in got] == [w.token_ids for w in want]
+
+
+def test_the_step_logits_the_tensorrt_test_compares_are_the_ones_tokens_came_from(none_dir):
+    """Runs here on ONNX Runtime: what the TensorRT test reads as each step's logits gives the greedy tokens."""
+    from runtime.generator import Request
+    requests = [Request(IMAGES / "chelsea.jpg", PROMPTS[1]), Request(IMAGES / "coffee.jpg", PROMPTS[2])]
+    results, logits, _ = generate_with_logits(open_engine_dir(none_dir, "cpu"), requests, 6)
+    assert [[int(step.argmax()) for step in request] for request in logits] == [r.token_ids for r in results]
+    assert [len(r.token_ids) for r in results] == [6, 6]
