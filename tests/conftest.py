@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from calibration.capture import record
+from engines.token_tolerance import greedy_mismatch
+from runtime.io_names import PAST_PREFIX
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "assets" / "images"
@@ -22,6 +24,17 @@ def generate_with_logits(generator, requests, max_new_tokens):
     results = generator.generate(requests, max_new_tokens)
     steps = [recorders[head].outputs[0]["logits"]] + [o["logits"] for o in recorders[generator.pipe["decode"]].outputs]
     return results, [[step[b] for step in steps] for b in range(len(requests))], recorders
+
+
+def token_mismatches(want, want_logits, got, got_logits) -> list:
+    """greedy_mismatch per request: None where `got` is within tolerance of `want`."""
+    return [greedy_mismatch(*request) for request in zip(want_logits, got_logits, [w.token_ids for w in want],
+                                                         [g.token_ids for g in got])]
+
+
+def past_types(feeds: list[dict]) -> list[set]:
+    """Per decode feed, the type names of its past KV caches (numpy, OrtValue, CacheView...)."""
+    return [{type(v).__name__ for k, v in feed.items() if k.startswith(PAST_PREFIX)} for feed in feeds]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -13,10 +13,9 @@ import cli
 from engines import tensorrt_engine
 from engines.tensorrt_build import BuildConfig, build_engine_dir, config_options
 from engines.tensorrt_engine import TensorRTUnavailable, require_tensorrt
-from engines.token_tolerance import greedy_mismatch
 from runtime.errors import ConfigError, EngineDirError
 from runtime.load import open_engine_dir
-from tests.conftest import IMAGES, PROMPTS, ROOT, generate_with_logits
+from tests.conftest import IMAGES, PROMPTS, ROOT, generate_with_logits, past_types, token_mismatches
 
 
 def tensorrt_skip_reason() -> str | None:
@@ -147,12 +146,10 @@ def test_built_plans_run_and_match_onnx_runtime(none_dir, tmp_path, precision):
     got, got_logits, recorders = generate_with_logits(open_engine_dir(out), requests, 6)
     assert all(len(g.token_ids) == 6 for g in got)
     decode_feeds = recorders[manifest["pipeline"]["decode"]].feeds
-    past_types = [{type(v).__name__ for k, v in f.items() if k.startswith("past_key_values.")} for f in decode_feeds]
-    assert past_types == [{"CacheView"}] * 5  # KV caches never left the GPU (a quiet DeviceView)
+    assert past_types(decode_feeds) == [{"CacheView"}] * 5  # KV caches never left the GPU (a quiet DeviceView)
     assert got[0].kv_cache_bytes == want[0].kv_cache_bytes
     # fp16 may flip a near tie and nothing else; fp32 must give the very same tokens
-    assert [greedy_mismatch(*pair) for pair in zip(want_logits, got_logits, [w.token_ids for w in want],
-                                                    [g.token_ids for g in got])] == [None, None]
+    assert token_mismatches(want, want_logits, got, got_logits) == [None, None]
     if precision == "fp32":
         assert [g.token_ids for g in got] == [w.token_ids for w in want]
 

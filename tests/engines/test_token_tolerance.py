@@ -1,8 +1,9 @@
-"""The fp16-vs-fp32 token tolerance that the TensorRT test applies, checked on hand-made logits."""
+"""The fp16-vs-fp32 token tolerance that the TensorRT test applies, checked on hand-made logits and on real fp16
+rounding (the torch reference in fp16 on the CPU)."""
 import numpy as np
 
 from engines.token_tolerance import greedy_mismatch
-from tests.conftest import IMAGES, PROMPTS, generate_with_logits
+from tests.conftest import IMAGES, PROMPTS, generate_with_logits, token_mismatches
 
 FP32 = [np.array([0.0, 10.0, 2.0, 9.95]), np.array([5.0, 1.0, 0.0, 2.0]), np.array([0.0, 3.0, 8.0, 1.0])]
 TOKENS = [1, 0, 2]
@@ -55,5 +56,4 @@ def test_real_fp16_rounding_passes_though_it_changes_tokens(none_dir):
     got, got_logits, _ = generate_with_logits(Generator(manifest, fp16), requests, 8)
     assert want[0].token_ids[0] == 961 and got[0].token_ids[0] == 511  # a near tie at the first token
     assert got[1].token_ids == want[1].token_ids
-    assert [greedy_mismatch(*request) for request in zip(want_logits, got_logits, [w.token_ids for w in want],
-                                                         [g.token_ids for g in got])] == [None, None]
+    assert token_mismatches(want, want_logits, got, got_logits) == [None, None]

@@ -8,17 +8,13 @@ from calibration.capture import record
 from engines.onnxruntime_engine import ORT_TYPES, EngineInputError, kv_device_for
 from runtime.engine_set import open_onnxruntime
 from runtime.generator import Generator, Request
-from tests.conftest import IMAGES, PROMPTS
+from tests.conftest import IMAGES, PROMPTS, past_types
 
 
 def test_sessions_on_cuda_or_tensorrt_keep_kv_on_the_gpu_and_cpu_sessions_return_numpy():
     assert kv_device_for(["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]) == "cuda"
     assert kv_device_for(["CUDAExecutionProvider", "CPUExecutionProvider"]) == "cuda"
     assert kv_device_for(["CPUExecutionProvider"]) is None
-
-
-def past_types(feeds: list[dict]) -> list[set]:
-    return [{type(v).__name__ for k, v in feed.items() if k.startswith("past_key_values.")} for feed in feeds]
 
 
 def test_bound_kv_caches_give_the_same_tokens_kept_indices_and_cache_size(ivtp_engines):
