@@ -1,1 +1,2 @@
-"""Calibration (issue #5): captures real feeds through runtime/ to build lower-precision engines."""
+"""Calibration: lower-precision engine dirs from feeds captured through the runtime on real requests, and how
+close they come to fp32 (fidelity.py, report.py)."""

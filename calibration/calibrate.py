@@ -7,7 +7,6 @@ output feeds pruning relevance, and graphs without GEMMs are copied), writes eve
 import json
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
@@ -18,8 +17,9 @@ from calibration.capture import capture_feeds
 from calibration.data import load_calibration_set
 from calibration.quantize import METHODS, quantize_graph
 from calibration.report import compare
+from runtime.engine_dir import check_destination, staged_engine_dir
 from runtime.errors import ConfigError
-from runtime.manifest import MANIFEST, file_records, load_manifest, publish
+from runtime.manifest import load_manifest, save_manifest
 
 PRECISIONS = ("int8",)
 
@@ -50,23 +50,22 @@ def _check(cfg: CalibrationConfig):
     out, src = Path(cfg.out).resolve(), Path(cfg.engine_dir).resolve()
     if out == src:
         raise ConfigError("--out must differ from the fp32 engine dir (it is read while the int8 one is written)")
-    if out.exists() and not cfg.force:
-        raise ConfigError(f"{out} already exists; pass --force to replace it or choose another --out")
+    check_destination(out, cfg.force)
 
 
 def default_keep_fp32(manifest) -> tuple[str, ...]:
     """The vision graph when it makes pruning decisions: int8 noise on near-tied ViT scores swaps kept tokens at
     every stage after it (tiny IVTP: logit cosine 0.83 quantized, 0.99 kept fp32), and the ViT is only 2.4% of
     LLaVA-1.5-7B's FLOPs. Nothing otherwise."""
-    prunes_in_vit = any(s["where"] == "vision" for s in manifest["stages"])
-    return (manifest.pipeline["vision"],) if prunes_in_vit else ()
+    prunes_in_vit = any(s.where == "vision" for s in manifest.stages)
+    return (manifest.pipeline.vision,) if prunes_in_vit else ()
 
 
 def graphs_to_quantize(manifest, keep_fp32) -> list[str]:
     """Every graph but the CLIP text encoder (pruning relevance only), the token embedding (a Gather) and graphs
     named in --keep-fp32."""
-    skip = {manifest.pipeline.get("text_encoder"), manifest.pipeline["embed"]}
-    names = [n for n in manifest["graphs"] if n not in skip and not any(fnmatchcase(n, p) for p in keep_fp32)]
+    skip = {manifest.pipeline.text_encoder, manifest.pipeline.embed}
+    names = [n for n in manifest.graphs if n not in skip and not any(fnmatchcase(n, p) for p in keep_fp32)]
     if not names:
         raise ConfigError(f"--keep-fp32 {','.join(keep_fp32)} leaves no graph to quantize in {manifest.root}")
     return names
@@ -76,8 +75,8 @@ def calibrate(cfg: CalibrationConfig, progress=lambda m: print(m, file=sys.stder
     _check(cfg)
     t0 = time.perf_counter()
     source = load_manifest(cfg.engine_dir)
-    if "quantization" in source.data:
-        raise ConfigError(f"{cfg.engine_dir} is already quantized ({source['quantization']['precision']}); "
+    if source.quantization is not None:
+        raise ConfigError(f"{cfg.engine_dir} is already quantized ({source.quantization['precision']}); "
                           "calibrate the fp32 engine dir it came from")
     data = load_calibration_set(cfg.data, cfg.max_requests, cfg.held_out)
     if cfg.keep_fp32 is None:
@@ -90,20 +89,13 @@ def calibrate(cfg: CalibrationConfig, progress=lambda m: print(m, file=sys.stder
              f"{cfg.max_new_tokens} tokens each")
     feeds = capture_feeds(cfg.engine_dir, data.calibration, cfg.max_new_tokens, progress=progress)
     out = Path(cfg.out).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with staged_engine_dir(out, cfg.force) as tmp:
         results = _quantize_all(source, names, feeds, tmp, cfg, progress)
-        manifest = _manifest(source, results, data, feeds, cfg, tmp)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        manifest = save_manifest(_manifest(source, results, data, feeds, cfg), tmp)
         progress(f"[calibrate] comparing fp32 and int8 on {len(data.held_out)} held-out requests")
         report = compare(cfg.engine_dir, tmp, data.held_out, cfg.max_new_tokens, cfg.latency_runs, progress)
-        report["calibration"] = {**manifest["quantization"], "seconds": round(time.perf_counter() - t0, 1)}
-        (tmp / "report.json").write_text(json.dumps(report, indent=1))
-        publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        report["calibration"] = {**manifest.quantization, "seconds": round(time.perf_counter() - t0, 1)}
+        (tmp / "report.json").write_text(json.dumps(report, indent=1))  # beside the manifest, not listed in it
     progress(f"[calibrate] wrote {out} in {time.perf_counter() - t0:.1f}s")
     return report
 
@@ -113,7 +105,7 @@ def _quantize_all(source, names, feeds, tmp: Path, cfg, progress) -> list:
     (tmp / "calibration").mkdir()
     for k, name in enumerate(names, 1):
         start = time.perf_counter()
-        r = quantize_graph(source.graph_file(name), tmp / source["graphs"][name]["file"], name, feeds[name],
+        r = quantize_graph(source.graph_file(name), tmp / source.graphs[name].file, name, feeds[name],
                            scratch, cfg.method, cfg.keep_fp32)
         write_trt_cache(tmp / "calibration" / f"{name}.cache", r, cfg.method)
         results.append(r)
@@ -122,16 +114,15 @@ def _quantize_all(source, names, feeds, tmp: Path, cfg, progress) -> list:
     shutil.rmtree(scratch, ignore_errors=True)
     write_ranges(tmp / "calibration" / "ranges.json", results, cfg.method)
     written = {str(f.relative_to(tmp)) for f in tmp.rglob("*") if f.is_file()}
-    for rel in source["files"]:  # tokenizers and untouched graphs
+    for rel in source.files:  # tokenizers and untouched graphs
         if rel not in written:
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source.root / rel, tmp / rel)
     return results
 
 
-def _manifest(source, results, data, feeds, cfg, tmp: Path) -> dict:
-    manifest = json.loads(json.dumps(source.data))
-    manifest["quantization"] = {
+def _manifest(source, results, data, feeds, cfg):
+    return replace(source, quantization={
         "precision": cfg.precision, "method": cfg.method, "format": "QDQ", "per_channel": True, "symmetric": True,
         "op_types": ["MatMul", "Gemm", "Conv"], "graphs": [r.name for r in results],
         "excluded": [{"graph": r.name, "node": n, "reason": why} for r in results for n, why in sorted(r.excluded.items())],
@@ -141,6 +132,4 @@ def _manifest(source, results, data, feeds, cfg, tmp: Path) -> dict:
                         "ranges": "calibration/ranges.json",
                         "tensorrt_caches": {r.name: f"calibration/{r.name}.cache" for r in results}},
         "from": str(Path(cfg.engine_dir).resolve()),
-    }
-    manifest["files"] = file_records(tmp)
-    return manifest
+    }, files={})

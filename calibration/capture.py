@@ -3,8 +3,8 @@ graph sees the pruned visual lengths and the KV caches of real prefill and decod
 import sys
 from pathlib import Path
 
-from runtime.generator import Request
 from runtime.load import open_engine_dir
+from runtime.request import Request
 
 
 class RecordingRunner:

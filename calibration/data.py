@@ -4,20 +4,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.errors import InputError
-from runtime.generator import Request
+from runtime.request import Request
 from runtime.requests_file import read_requests
+from runtime.shipped import int8_requests
 
-IMAGES = Path(__file__).resolve().parent.parent / "assets" / "images"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 PROMPTS_FILE = "prompts.txt"
-BUILTIN_PROMPTS = [
-    "Describe this image in detail.",
-    "What is the main object in the picture, and what colour is it?",
-    "Is there a person in this photo? What are they doing?",
-    "Where could this photo have been taken?",
-    "List three things you can see.",
-    "What is in the background?",
-]
 
 
 @dataclass
@@ -25,15 +17,6 @@ class CalibrationSet:
     calibration: list[Request]
     held_out: list[Request]
     source: str  # "builtin" or the --data path
-
-
-def builtin_requests() -> tuple[list[Request], list[Request]]:
-    """Each shipped photo with two prompts for calibration and a third, unused with it, held out."""
-    images = sorted(p for p in IMAGES.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    n = len(BUILTIN_PROMPTS)
-    calibration = [Request(img, BUILTIN_PROMPTS[(i + j) % n]) for i, img in enumerate(images) for j in (0, 1)]
-    held_out = [Request(img, BUILTIN_PROMPTS[(i + 3) % n]) for i, img in enumerate(images)]
-    return calibration, held_out
 
 
 def folder_requests(folder: Path) -> list[Request]:
@@ -70,7 +53,7 @@ def split(requests: list[Request], held_out: int) -> tuple[list[Request], list[R
 def load_calibration_set(data: Path | None, limit: int | None = None, held_out: int = 3) -> CalibrationSet:
     """limit: at most this many calibration requests (the first ones)."""
     if data is None:
-        calibration, held = builtin_requests()
+        calibration, held = int8_requests()
         source = "builtin"
     else:
         data = Path(data)

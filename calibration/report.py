@@ -4,27 +4,13 @@ import statistics
 import sys
 
 from calibration.capture import RecordingRunner
-from engines.token_tolerance import cosine
+from calibration.fidelity import cosine, kept_overlap, token_agreement
 from runtime.load import open_engine_dir
-
-
-def token_agreement(a: list[int], b: list[int]) -> tuple[float, float]:
-    """(matching tokens before the first divergence, matching positions overall), both over len(a)."""
-    n = max(len(a), 1)
-    prefix = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-    overall = sum(x == y for x, y in zip(a, b))
-    return prefix / n, overall / n
-
-
-def kept_overlap(stages_a: list[dict], stages_b: list[dict]) -> dict[str, float]:
-    """|A ∩ B| / |A| per stage, A the fp32 kept indices."""
-    b = {s["name"]: set(s["kept"]) for s in stages_b}
-    return {s["name"]: len(set(s["kept"]) & b.get(s["name"], set())) / max(len(s["kept"]), 1) for s in stages_a}
 
 
 def _open_with_head_recorder(engine_dir):
     generator = open_engine_dir(engine_dir, "cpu")
-    head = next(seg["graph"] for seg in generator.pipe["segments"] if seg["head"])
+    head = generator.pipe.head.graph
     recorder = RecordingRunner(generator.engines[head], keep_outputs=True)
     generator.engines = {**generator.engines, head: recorder}
     return generator, recorder

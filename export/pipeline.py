@@ -1,11 +1,10 @@
-"""export(): checkpoint + method -> engine dir (graphs, tokenizers, manifest), validated, written atomically."""
-import json
+"""export(): checkpoint + method -> engine dir (graphs, tokenizers, manifest), every graph validated against its
+torch module on real inputs, written through the staged engine-dir write."""
 import platform
 import shutil
 import sys
-import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,20 +14,21 @@ import torch
 import transformers
 from tokenizers import Tokenizer
 
-from export.checkpoint import load_checkpoint
-from export.graphs import model_facts
-from export.methods.registry import get_method
-from export.onnx_export import OPSET, OPSETS, GraphSpec, export_graph
-from export.torch_runner import TorchRunner, module_args
-from export.validate import compare
+from engines.onnxruntime_runner import OnnxrtRunner, SessionFromOnnx
+from export.graphs.dims import graph_dims
+from export.graphs.onnx_export import OPSET, OPSETS, export_graph
+from export.graphs.torch_runner import TorchRunner, module_args
+from export.graphs.validate import ATOL, RTOL, compare
+from export.methods.registry import MethodPlan, get_method
+from export.models.checkpoint import Checkpoint, load_checkpoint
+from export.models.facts import manifest_facts
+from runtime.engine_dir import check_destination, staged_engine_dir
 from runtime.errors import ConfigError
-from runtime.generator import Generator, Request
-from runtime.manifest import FORMAT, MANIFEST, Manifest, file_records, publish
+from runtime.generator import Generator
+from runtime.manifest import GraphRecord, Manifest, TensorRecord, save_manifest
 from runtime.preprocess import ImagePreprocessConfig
-
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-LLAVA_15_TEMPLATE = "USER: <image>\n{prompt} ASSISTANT:"
-SAMPLE = Request(ASSETS / "images" / "astronaut.jpg", "What is the person in this photo wearing, and what colour is it?")
+from runtime.prompt import LLAVA_15_TEMPLATE
+from runtime.shipped import EXPORT_SAMPLE
 
 
 @dataclass
@@ -42,80 +42,69 @@ class ExportConfig:
     prompt_template: str = LLAVA_15_TEMPLATE
     opset: int = OPSET
 
+    def __post_init__(self):
+        self.method_config = self.method_config or get_method(self.method).config_type()
+
 
 def export(cfg: ExportConfig, progress=lambda msg: print(msg, file=sys.stderr, flush=True)) -> Path:
     out = Path(cfg.out).resolve()
-    if out.exists() and not cfg.force:
-        raise ConfigError(f"{out} already exists; pass --force to replace it or choose another --out")
+    check_destination(out, cfg.force)
     if cfg.opset not in OPSETS:
         raise ConfigError(f"--opset {cfg.opset} is not one torch's exporter writes; choose {OPSETS.start}..{OPSETS.stop - 1} "
                           f"({OPSET}, the default, keeps attention as one ONNX Attention op; lower opsets write it out)")
     method = get_method(cfg.method)
-    method_config = cfg.method_config or method.config_type()
     t0 = time.perf_counter()
     progress(f"[export] loading checkpoint {cfg.model}")
     ckpt = load_checkpoint(cfg.model, cfg.clip, method.needs_clip)
-    plan = method.build(ckpt, method_config)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    plan = method.build(ckpt, cfg.method_config)
+    with staged_engine_dir(out, cfg.force) as tmp:
         manifest = base_manifest(cfg, ckpt, plan, tmp)
         runners = {name: TorchRunner(name, graph, record=True) for name, graph in plan.graphs.items()}
         if plan.calibrate:
             progress("[export] calibrating the method's constants with the PyTorch reference")
-            plan.calibrate(Generator(Manifest(tmp, manifest), runners), progress)
+            plan.calibrate(Generator(manifest, runners), progress)
             for runner in runners.values():
                 runner.feeds.clear()
         progress("[export] running the PyTorch reference once to capture real inputs for every graph")
-        Generator(Manifest(tmp, manifest), runners).generate([SAMPLE], max_new_tokens=2)
-        manifest["graphs"] = {}
+        Generator(manifest, runners).generate([EXPORT_SAMPLE], max_new_tokens=2)
         for k, (name, graph) in enumerate(plan.graphs.items(), 1):
             start = time.perf_counter()
             feed = runners[name].feeds[0]
             path = tmp / f"{name}.onnx"
-            export_graph(GraphSpec(name, graph.module, _trace_sample(graph, feed), graph.input_names,
-                                   graph.output_names, graph.dims), path, graph.nested or None, cfg.opset)
-            diffs, manifest["graphs"][name] = _validate(name, path, runners[name], feed)
+            export_graph(graph, _trace_sample(graph, feed), path, cfg.opset)
+            diffs, record = _validate(name, path, runners[name], feed)
+            record.dims = graph_dims([t.shape for t in record.inputs], manifest.model)
+            manifest.graphs[name] = record
             worst = max((v for o, v in diffs.items() if not o.startswith("kept")), default=0.0)
             progress(f"[export] {k}/{len(plan.graphs)} {name}: exported and validated in "
                      f"{time.perf_counter() - start:.1f}s (max abs diff {worst:.2e}, kept indices identical)")
-        manifest["files"] = file_records(tmp)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        save_manifest(manifest, tmp)
     progress(f"[export] wrote {out} in {time.perf_counter() - t0:.1f}s")
     return out
 
 
-def base_manifest(cfg: ExportConfig, ckpt, plan, tmp: Path) -> dict:
+def base_manifest(cfg: ExportConfig, ckpt: Checkpoint, plan: MethodPlan, tmp: Path) -> Manifest:
+    """The manifest before any graph is exported, rooted at `tmp`, where the tokenizers are copied."""
     (tmp / "tokenizer").mkdir()
     shutil.copyfile(ckpt.model_dir / "tokenizer.json", tmp / "tokenizer" / "llm.json")
     tokenizers = {"llm": "tokenizer/llm.json"}
     if ckpt.clip_dir:
         shutil.copyfile(ckpt.clip_dir / "tokenizer.json", tmp / "tokenizer" / "clip.json")
         tokenizers["clip"] = "tokenizer/clip.json"
-    facts = model_facts(ckpt)
-    llava = ckpt.llava
-    eos = llava.generation_config.eos_token_id
-    facts["eos_token_id"] = eos[0] if isinstance(eos, list) else eos
-    pad = llava.config.text_config.pad_token_id
-    facts["pad_token_id"] = pad if pad is not None else facts["eos_token_id"]
+    facts = manifest_facts(ckpt)
     image_token = Tokenizer.from_file(str(tmp / "tokenizer" / "llm.json")).id_to_token(facts["image_token_id"])
-    vision_stages = [s for s in plan.stages if s["where"] == "vision"]
-    return {
-        "format": FORMAT, "method": cfg.method, "opset": cfg.opset, "config": plan.config, "stages": plan.stages,
-        "pipeline": plan.pipeline, "model": facts,
-        "vision_tokens_out": plan.vision_tokens or (vision_stages[-1]["keep"] if vision_stages else facts["num_patches"]),
-        "preprocess": ImagePreprocessConfig.from_hf_dict(ckpt.preprocessor_config).to_dict(),
-        "prompt_template": cfg.prompt_template, "image_token": image_token, "tokenizers": tokenizers,
-        "source": {"model": str(ckpt.model_dir), "clip": str(ckpt.clip_dir) if ckpt.clip_dir else None},
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": transformers.__version__, "onnx": onnx.__version__,
-                     "onnxruntime": onnxruntime.__version__},
-        "validation": {"atol": 1e-4, "rtol": 1e-3, "sample": {"image": SAMPLE.image.name, "prompt": SAMPLE.prompt}},
-    }
+    return Manifest(
+        method=cfg.method, config=asdict(cfg.method_config), opset=cfg.opset, stages=plan.schedule.stages,
+        pipeline=plan.pipeline, model=facts, vision_tokens_out=plan.schedule.vision_tokens,
+        preprocess=ImagePreprocessConfig.from_hf_dict(ckpt.preprocessor_config).to_dict(),
+        prompt_template=cfg.prompt_template, image_token=image_token, tokenizers=tokenizers,
+        source={"model": str(ckpt.model_dir), "clip": str(ckpt.clip_dir) if ckpt.clip_dir else None},
+        versions={"python": platform.python_version(), "torch": torch.__version__,
+                  "transformers": transformers.__version__, "onnx": onnx.__version__,
+                  "onnxruntime": onnxruntime.__version__},
+        validation={"atol": ATOL, "rtol": RTOL,
+                    "sample": {"image": EXPORT_SAMPLE.image.name, "prompt": EXPORT_SAMPLE.prompt}},
+        root=tmp)
 
 
 def _trace_sample(graph, feed: dict) -> tuple:
@@ -127,13 +116,11 @@ def _trace_sample(graph, feed: dict) -> tuple:
     return module_args(graph, sample)
 
 
-def _validate(name, path: Path, runner: TorchRunner, feed) -> tuple[dict, dict]:
+def _validate(name, path: Path, runner: TorchRunner, feed) -> tuple[dict, GraphRecord]:
     """Max differences against torch, and the graph's I/O record for the manifest, from one ORT session."""
-    from engines.onnxruntime_engine import OnnxrtRunner, SessionFromOnnx
     reference = runner.infer(feed)
     with OnnxrtRunner(SessionFromOnnx(path, ["CPUExecutionProvider"]), name) as ort_runner:
         diffs = compare(name, reference, ort_runner.infer(feed))
         sig = ort_runner.io_signature()
-    describe = lambda items: [{"name": n, "dtype": np.dtype(t).name, "shape": s} for n, t, s in items]
-    return diffs, {"file": path.name, "data": path.name + ".data", "inputs": describe(sig["inputs"]),
-                   "outputs": describe(sig["outputs"])}
+    describe = lambda items: [TensorRecord(n, np.dtype(t).name, s) for n, t, s in items]  # noqa: E731
+    return diffs, GraphRecord(path.name, describe(sig["inputs"]), describe(sig["outputs"]), {}, path.name + ".data")

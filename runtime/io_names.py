@@ -1,4 +1,5 @@
-"""Graph input/output names: the part of the manifest contract that both export and runtime spell out."""
+"""Graph input/output names: the part of the manifest contract that both export and runtime spell out.
+KV-cache names follow engines/kv_names.py."""
 
 VISION_IN = ["pixel_values"]
 VISION_OUT = ["image_features"]  # plus kept.<stage> per vision pruning point
@@ -12,19 +13,12 @@ THRESHOLDS_IN = ["thresholds"]  # ATP's calibrated (theta_r, theta_s), fed from 
 HIDDEN_OUT = ["prefix_hidden", "visual_hidden", "suffix_hidden"]
 PSEUDO_CLS_OUT = ["pseudo_cls_hidden"]
 KEPT_OUT, KEPT_COUNT_OUT, LOGITS_OUT = ["kept"], ["kept_count"], ["logits"]
-KV_PREFIX = "present."  # the KV-cache outputs, which a GPU runner may leave on the device
-PAST_PREFIX = "past_key_values."  # the KV-cache inputs (decode)
+DECODE_IN = ["inputs_embeds", "position_ids"]
 
 
 def kept_name(stage: str) -> str:
     return f"kept.{stage}"
-DECODE_IN = ["inputs_embeds", "position_ids"]
 
 
 def past_mask(segment: int) -> str:
     return f"past_mask.{segment}"
-
-
-def kv_names(prefix: str, layers) -> list[str]:
-    """`past_key_values` in, `present` out (the Optimum / onnxruntime-genai convention)."""
-    return [f"{prefix}.{i}.{kind}" for i in layers for kind in ("key", "value")]

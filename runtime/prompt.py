@@ -7,6 +7,7 @@ from tokenizers import Tokenizer
 from runtime.errors import InputError
 
 PROMPT_SLOT = "{prompt}"
+LLAVA_15_TEMPLATE = "USER: <image>\n{prompt} ASSISTANT:"  # llava-hf/llava-1.5-*-hf's chat template, one turn
 
 
 @dataclass

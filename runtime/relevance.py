@@ -3,13 +3,13 @@ spans (Eq. 7), and the pseudo-CLS (Eq. 8)."""
 import numpy as np
 from tokenizers import Tokenizer
 
-CLIP_CONTEXT = 77  # CLIP's text positions: longer instructions are encoded in windows of this size
-
 
 class ClipTokenWindows:
-    """Tokenizes an instruction for CLIP's text encoder in windows of at most 77 tokens (bos + 75 + eos)."""
+    """Tokenizes an instruction for CLIP's text encoder in windows of at most `context` tokens (CLIP's positions,
+    77 for OpenAI's: bos + 75 + eos); longer instructions take several windows."""
 
-    def __init__(self, tokenizer_file):
+    def __init__(self, tokenizer_file, context: int = 77):
+        self.context = context
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
@@ -19,7 +19,7 @@ class ClipTokenWindows:
     def encode(self, text: str):
         """Returns (ids [n_windows, L] int32 padded with eos, spans [(window, position, (a, b))])."""
         enc = self.tokenizer.encode(text, add_special_tokens=False)
-        body = CLIP_CONTEXT - 2
+        body = self.context - 2
         windows = [enc.ids[i:i + body] for i in range(0, max(len(enc.ids), 1), body)]
         width = max(len(w) for w in windows) + 2
         ids = np.full((len(windows), width), self.eos, dtype=np.int32)
@@ -65,3 +65,40 @@ def select_tokens(relevance: np.ndarray, spans, tau: float) -> np.ndarray:
 def pseudo_cls(suffix_embeds: np.ndarray, selected: np.ndarray, fallback: np.ndarray) -> np.ndarray:
     """Eq. 8: the mean embedding of the selected tokens, or the visual CLS (in the LLM space) if none."""
     return suffix_embeds[selected].mean(axis=0) if len(selected) else fallback
+
+
+class InstructionRelevance:
+    """Eqs. 6-8 for a batch. CLIP embeds every request's instruction windows in as few text-encoder calls as the
+    request batch allows; each token is scored against its own image's visual CLS; the chosen tokens' LLM
+    embeddings are averaged into the pseudo-CLS. Without a text encoder (the no-instruction ablation) the visual
+    CLS guides the LLM stages."""
+
+    def __init__(self, windows: ClipTokenWindows | None, text_encoder: str | None, tau: float | None):
+        self.windows, self.text_encoder, self.tau = windows, text_encoder, tau
+
+    def pseudo_cls(self, engines: dict, prompts, vision: dict, suffix_embeds: np.ndarray, timer):
+        """Returns the pseudo-CLS [B, H] and, per request, the suffix positions that formed it."""
+        if self.windows is None:
+            return vision["cls_llm"], [[] for _ in prompts]
+        encoded = [self.windows.encode(p.text) for p in prompts]
+        embeddings = self._embeddings(engines, [ids for ids, _ in encoded], len(prompts), timer)
+        out, relevant = [], []
+        for b, (p, (_, clip_spans), emb) in enumerate(zip(prompts, encoded, embeddings)):
+            scores = clip_relevance(emb, clip_spans, vision["cls_joint"][b])
+            chosen = select_tokens(map_to_llm(p.suffix_spans, scores), p.suffix_spans, self.tau)
+            out.append(pseudo_cls(suffix_embeds[b], chosen, vision["cls_llm"][b]))
+            relevant.append(chosen.tolist())
+        return np.stack(out), relevant
+
+    def _embeddings(self, engines: dict, windows: list, max_rows: int, timer) -> list:
+        """CLIP token embeddings for every request's windows, in calls of at most `max_rows` windows (the request
+        batch, which every graph's batch profile accepts) rather than one call per request. Windows are
+        right-padded with eos to one width: CLIP's text attention is causal, so padding after a token does not
+        change its embedding."""
+        width = max(ids.shape[1] for ids in windows)
+        rows = np.concatenate([np.pad(ids, ((0, 0), (0, width - ids.shape[1])), constant_values=self.windows.eos)
+                               for ids in windows])
+        engine = engines[self.text_encoder]
+        emb = np.concatenate([timer.run(engine, "text_encoder", {"input_ids": rows[i:i + max_rows]})["token_embeddings"]
+                              for i in range(0, len(rows), max_rows)])
+        return np.split(emb, np.cumsum([len(ids) for ids in windows])[:-1])

@@ -3,7 +3,7 @@ import json
 from pathlib import Path
 
 from runtime.errors import InputError
-from runtime.generator import Request
+from runtime.request import Request
 
 
 def read_requests(path) -> list[Request]:

@@ -147,6 +147,6 @@ def visualize_request(generator, request, out) -> dict:
                enumerate(zip(prompt.suffix_ids, prompt.suffix_spans)) if span is not None]
     image = request.image if isinstance(request.image, Image.Image) else load_image(request.image)
     grid = int(round(generator.facts["num_patches"] ** 0.5))
-    title = f"{generator.m['method']}: kept visual tokens per stage"
+    title = f"{generator.m.method}: kept visual tokens per stage"
     save_stages_png(out, model_view(image, generator.preprocess_cfg), result.stages, grid, caption, title)
     return result.to_json()

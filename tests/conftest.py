@@ -1,13 +1,14 @@
 """Session fixtures: the tiny model is built once, each method exported once, for every test."""
 import json
+import stat
 from pathlib import Path
 
 import pytest
 import torch
 
 from calibration.capture import record
-from engines.token_tolerance import greedy_mismatch
-from runtime.io_names import PAST_PREFIX
+from calibration.fidelity import greedy_mismatch
+from engines.kv_names import PAST_PREFIX
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "assets" / "images"
@@ -20,9 +21,9 @@ def generate_with_logits(generator, requests, max_new_tokens):
     """Results, each request's logits at every greedy step (the head segment's, then decode's), and the
     recording runners."""
     recorders = record(generator, keep_outputs=True)
-    head = next(seg["graph"] for seg in generator.pipe["segments"] if seg["head"])
+    head = generator.pipe.head.graph
     results = generator.generate(requests, max_new_tokens)
-    steps = [recorders[head].outputs[0]["logits"]] + [o["logits"] for o in recorders[generator.pipe["decode"]].outputs]
+    steps = [recorders[head].outputs[0]["logits"]] + [o["logits"] for o in recorders[generator.pipe.decode].outputs]
     return results, [[step[b] for step in steps] for b in range(len(requests))], recorders
 
 
@@ -30,6 +31,11 @@ def token_mismatches(want, want_logits, got, got_logits) -> list:
     """greedy_mismatch per request: None where `got` is within tolerance of `want`."""
     return [greedy_mismatch(*request) for request in zip(want_logits, got_logits, [w.token_ids for w in want],
                                                          [g.token_ids for g in got])]
+
+
+def file_modes(root: Path) -> dict:
+    """{path relative to root ("." for root): permission bits}."""
+    return {str(p.relative_to(root)): stat.S_IMODE(p.stat().st_mode) for p in [root, *root.rglob("*")]}
 
 
 def past_types(feeds: list[dict]) -> list[set]:
@@ -45,7 +51,7 @@ def single_thread_torch():
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
-    from export.tiny_model import embedded_model
+    from export.models.embedded import embedded_model
     return embedded_model("tiny")
 
 

@@ -139,7 +139,7 @@ def test_methods_lists_knobs_and_defaults(capsys):
 
 
 def test_runtime_imports_neither_torch_nor_transformers():
-    code = ("import sys, runtime.load, runtime.generator, runtime.requests_file, engines.onnxruntime_engine;"
+    code = ("import sys, runtime.load, runtime.generator, runtime.requests_file, engines.onnxruntime_runner;"
             "bad = [m for m in ('torch', 'transformers', 'export') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -6,9 +6,10 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from runtime.generator import Request, Timer
 from runtime.load import open_engine_dir
+from runtime.prefill import Timer
 from runtime.preprocess import load_image, preprocess
+from runtime.request import Request
 from tests.conftest import IMAGES, PROMPTS
 
 CASES = [(IMAGES / "astronaut.jpg", PROMPTS[0]), (IMAGES / "chelsea.jpg", PROMPTS[1]),
@@ -42,8 +43,8 @@ def test_unpruned_engines_generate_the_tokens_of_hf_generate(tiny, none_dir):
 def test_ivtp_engines_equal_the_torch_reference(ivtp_engines, ivtp_reference, image, prompt):
     got = ivtp_engines.generate([Request(image, prompt)], max_new_tokens=16)[0]
     want = ivtp_reference.generate([Request(image, prompt)], max_new_tokens=16)[0]
-    assert [s["name"] for s in got.stages] == [s["name"] for s in ivtp_engines.m["stages"]]
-    assert [len(s["kept"]) for s in got.stages] == [s["keep"] for s in ivtp_engines.m["stages"]]
+    assert [s["name"] for s in got.stages] == [s.name for s in ivtp_engines.m.stages]
+    assert [len(s["kept"]) for s in got.stages] == [s.keep for s in ivtp_engines.m.stages]
     assert got.stages == want.stages
     assert got.token_ids == want.token_ids
     assert got.relevant_tokens == want.relevant_tokens
@@ -83,6 +84,6 @@ def test_decoding_with_per_segment_caches_equals_recomputing_without_cache(ivtp_
     for _ in range(6):
         extended = replace(prompt, suffix_ids=prompt.suffix_ids + tokens,
                            suffix_spans=prompt.suffix_spans + [None] * len(tokens))
-        logits = gen._prefill([extended], pixels, Timer())[0]
+        logits = gen.prefill([extended], pixels, Timer()).logits
         tokens.append(int(logits.argmax(-1)[0]))
     assert tokens == cached

@@ -1,12 +1,16 @@
 """FastV (ECCV 2024): after decoder layer K-1, keep the visual tokens the last prompt token attends to most.
 Layers < K cache every token; layers >= K see and cache only the kept ones, at their original positions."""
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
-from export.graphs import decode_graph, embed_graph, language_model, model_facts, prefill_graph, vision_graph
-from export.llm_pruners import FastVPruner
-from export.methods.plan import MethodPlan, segment_entry
-from export.methods.registry import register
+import torch
+
+from export.graphs.parts import decode_graph, embed_graph, language_model, prefill_graph, vision_graph
+from export.methods.registry import Method, MethodPlan, Schedule, register
+from export.models.facts import model_facts
+from export.modules.pruning import LayerAttention, LlmPruner, SegmentView, attention_rows
+from export.modules.select import select_top_k
 from runtime.errors import ConfigError
+from runtime.manifest import Pipeline, Segment, Stage
 
 
 @dataclass(frozen=True)
@@ -15,24 +19,48 @@ class FastVConfig:
     keep: int = field(default=288, metadata={"help": "visual tokens left after the last pruning point"})
 
 
-@register("fastv", FastVConfig, needs_clip=False,
-          summary="prune inside the decoder by the last prompt token's attention at layer K-1 (top-k)")
-def build(ckpt, cfg: FastVConfig) -> MethodPlan:
-    facts = model_facts(ckpt)
-    n_layers, n_patches, k = facts["llm_layers"], facts["num_patches"], cfg.layer
-    if not 1 <= k < n_layers:
-        raise ConfigError(f"--layer must be in 1..{n_layers - 1} (the decoder has {n_layers} layers and FastV "
-                          f"reads layer K-1's attention), got {k}")
-    if not 1 <= cfg.keep <= n_patches:
-        raise ConfigError(f"--keep must be in 1..{n_patches} (the image has {n_patches} patches), got {cfg.keep}")
-    lm, stage = language_model(ckpt), f"llm.l{k - 1}"
-    graphs = {"vision": vision_graph(ckpt, {}, group=1, with_cls=False), "embed": embed_graph(ckpt),
-              "prefill.0": prefill_graph(lm, 0, k - 1, None, 1, pseudo_cls=False, head=False,
-                                         pruner=FastVPruner(cfg.keep)),
-              "prefill.1": prefill_graph(lm, k, n_layers - 1, None, 1, pseudo_cls=False, head=True),
-              "decode": decode_graph(lm, [(0, k - 1), (k, n_layers - 1)])}
-    pipeline = {"vision": "vision", "text_encoder": None, "embed": "embed", "decode": "decode",
-                "segments": [segment_entry("prefill.0", 0, k - 1, stage, cfg.keep),
-                             segment_entry("prefill.1", k, n_layers - 1, head=True)]}
-    stages = [{"name": stage, "where": "llm", "layer": k - 1, "keep": cfg.keep}]
-    return MethodPlan(graphs, pipeline, stages, asdict(cfg))
+class FastVPruner(LlmPruner):
+    """Attention of the last real prompt token over the visual tokens, heads averaged; top `keep`, ascending."""
+
+    def __init__(self, keep: int):
+        super().__init__()
+        self.keep = keep
+
+    def forward(self, q, k, bias, scale, view: SegmentView):
+        """q, k [B, heads, N, D] post-RoPE (k repeated over KV groups) -> (kept [B, keep], None)."""
+        last = view.n_pre + view.n_vis + view.suffix_mask.sum(-1) - 1  # [B] index of the last real token
+        q_last = torch.gather(q, 2, last[:, None, None, None].expand(-1, q.shape[1], 1, q.shape[-1]))
+        bias_last = torch.gather(bias, 2, last[:, None, None, None].expand(-1, 1, 1, bias.shape[-1]))
+        row = attention_rows(q_last, k, bias_last, scale)[:, 0, view.visual]
+        return select_top_k(row, self.keep), None
+
+    def decide(self, state, attention: LayerAttention, view: SegmentView):
+        kept, _ = self(attention.q, attention.k_all, attention.bias, attention.scale, view)
+        return {"kept": kept}, {}
+
+
+@register
+class FastV(Method):
+    name, title, config_type = "fastv", "FastV", FastVConfig
+    summary = "prune inside the decoder by the last prompt token's attention at layer K-1 (top-k)"
+
+    def schedule(self, cfg, dims):
+        n_layers, n_patches, k = dims["llm_layers"], dims["num_patches"], cfg.layer
+        if not 1 <= k < n_layers:
+            raise ConfigError(f"--layer must be in 1..{n_layers - 1} (the decoder has {n_layers} layers and FastV "
+                              f"reads layer K-1's attention), got {k}")
+        if not 1 <= cfg.keep <= n_patches:
+            raise ConfigError(f"--keep must be in 1..{n_patches} (the image has {n_patches} patches), got {cfg.keep}")
+        return Schedule([Stage(f"llm.l{k - 1}", "llm", k - 1, cfg.keep)], n_patches)
+
+    def build(self, ckpt, cfg) -> MethodPlan:
+        dims = model_facts(ckpt)
+        schedule = self.schedule(cfg, dims)
+        lm, stage, k, last = language_model(ckpt), schedule.stages[0], cfg.layer, dims["llm_layers"] - 1
+        graphs = {"vision": vision_graph(ckpt), "embed": embed_graph(ckpt),
+                  "prefill.0": prefill_graph(lm, 0, k - 1, pruner=FastVPruner(cfg.keep)),
+                  "prefill.1": prefill_graph(lm, k, last, head=True),
+                  "decode": decode_graph(lm, [(0, k - 1), (k, last)])}
+        pipeline = Pipeline("vision", "embed", "decode", [Segment("prefill.0", [0, k - 1], stage.name, cfg.keep),
+                                                           Segment("prefill.1", [k, last], head=True)])
+        return MethodPlan(graphs, pipeline, schedule)

@@ -2,8 +2,10 @@
 optional `help` and `flag` in its metadata) and `cli.py export` grows the flag; nothing else to edit."""
 import types
 import typing
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Callable
+
+from runtime.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,15 @@ def knobs_of(config_type) -> list[Knob]:
     return out
 
 
-def default_of(config_type, name):
-    f = next(f for f in fields(config_type) if f.name == name)
-    return f.default if f.default is not MISSING else f.default_factory()
+def config_from_flags(method, given: dict, all_knobs: dict):
+    """The method's config from the flags a user gave ({field: raw value}, only those set); a flag of another
+    method is a ConfigError that lists this one's. A value that does not parse raises ValueError."""
+    own = {k.field: k for k in knobs_of(method.config_type)}
+    values = {}
+    for name, raw in given.items():
+        if name not in own:
+            raise ConfigError(f"{all_knobs[name].flag} does not apply to method {method.name}; its knobs are: "
+                              f"{', '.join(k.flag for k in own.values()) or 'none'}")
+        knob = own[name]
+        values[name] = (not raw) if knob.invert else (raw if knob.parse is bool else knob.parse(raw))
+    return method.make_config(values)

@@ -1,9 +1,10 @@
 """No pruning: the same split as every method (vision, embed, one prefill segment, decode), the baseline."""
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-from export.graphs import decode_graph, embed_graph, language_model, model_facts, prefill_graph, vision_graph
-from export.methods.plan import MethodPlan, segment_entry
-from export.methods.registry import register
+from export.graphs.parts import decode_graph, embed_graph, language_model, prefill_graph, vision_graph
+from export.methods.registry import Method, MethodPlan, Schedule, register
+from export.models.facts import model_facts
+from runtime.manifest import Pipeline, Segment
 
 
 @dataclass(frozen=True)
@@ -11,13 +12,24 @@ class NoneConfig:
     pass
 
 
-@register("none", NoneConfig, needs_clip=False, summary="unpruned baseline: all 576 visual tokens")
-def build(ckpt, config: NoneConfig) -> MethodPlan:
+def unpruned_plan(ckpt, schedule: Schedule) -> MethodPlan:
+    """Vision, embed, one prefill segment over every decoder layer, decode."""
     last = model_facts(ckpt)["llm_layers"] - 1
     lm = language_model(ckpt)
-    graphs = {"vision": vision_graph(ckpt, {}, group=1, with_cls=False), "embed": embed_graph(ckpt),
-              "prefill.0": prefill_graph(lm, 0, last, None, 1, pseudo_cls=False, head=True),
-              "decode": decode_graph(lm, [(0, last)])}
-    pipeline = {"vision": "vision", "text_encoder": None, "embed": "embed", "decode": "decode",
-                "segments": [segment_entry("prefill.0", 0, last, head=True)]}
-    return MethodPlan(graphs, pipeline, [], asdict(config))
+    graphs = {"vision": vision_graph(ckpt), "embed": embed_graph(ckpt),
+              "prefill.0": prefill_graph(lm, 0, last, head=True), "decode": decode_graph(lm, [(0, last)])}
+    pipeline = Pipeline("vision", "embed", "decode", [Segment("prefill.0", [0, last], head=True)],
+                        visual_ids=schedule.visual_ids)
+    return MethodPlan(graphs, pipeline, schedule)
+
+
+@register
+class Unpruned(Method):
+    name, title, config_type = "none", "none", NoneConfig
+    summary = "unpruned baseline: all 576 visual tokens"
+
+    def schedule(self, cfg, dims):
+        return Schedule([], dims["num_patches"])
+
+    def build(self, ckpt, cfg):
+        return unpruned_plan(ckpt, self.schedule(cfg, model_facts(ckpt)))

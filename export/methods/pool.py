@@ -3,19 +3,24 @@ nothing, so it has no kept-index stage."""
 from dataclasses import dataclass, field
 from math import isqrt
 
+import torch
 from torch import nn
 
-from export.graphs import model_facts
-from export.methods.plan import MethodPlan
-from export.methods.pre_llm import selector_plan
-from export.methods.registry import register
-from export.vision_select import pool_grid
+from export.methods.pre_llm import feature_layer_schedule, selector_plan
+from export.methods.registry import Method, register
+from export.models.facts import model_facts
 from runtime.errors import ConfigError
 
 
 @dataclass(frozen=True)
 class PoolConfig:
     keep: int = field(default=64, metadata={"help": "tokens out: g*g where g divides the patch grid side"})
+
+
+def pool_grid(patches: torch.Tensor, side: int, g: int) -> torch.Tensor:
+    """[B, side*side, C] -> [B, g*g, C]: the mean of each (side/g)^2 block of the patch grid, raster order."""
+    s, c = side // g, patches.shape[-1]
+    return patches.reshape(-1, g, s, g, s, c).mean(dim=(2, 4)).reshape(-1, g * g, c)
 
 
 class PoolSelect(nn.Module):
@@ -38,10 +43,16 @@ def pool_side(keep, side: int) -> int:
     return isqrt(keep)
 
 
-@register("pool", PoolConfig, needs_clip=False,
-          summary="average-pools the feature-layer patch grid to g x g (keep = g*g) before the projector")
-def build(ckpt, cfg: PoolConfig) -> MethodPlan:
-    facts = model_facts(ckpt)
-    side = facts["image_size"] // facts["patch_size"]
-    g = pool_side(cfg.keep, side)
-    return selector_plan(ckpt, PoolSelect(side, g), [], cfg, cfg.keep)
+@register
+class Pool(Method):
+    name, title, config_type = "pool", "pool", PoolConfig
+    summary = "average-pools the feature-layer patch grid to g x g (keep = g*g) before the projector"
+
+    def schedule(self, cfg, dims):
+        pool_side(cfg.keep, dims["image_size"] // dims["patch_size"])
+        return feature_layer_schedule(dims, [], cfg.keep, None)
+
+    def build(self, ckpt, cfg):
+        dims = model_facts(ckpt)
+        side = dims["image_size"] // dims["patch_size"]
+        return selector_plan(ckpt, PoolSelect(side, pool_side(cfg.keep, side)), self.schedule(cfg, dims))

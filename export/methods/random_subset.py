@@ -5,11 +5,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from export.graphs import model_facts
-from export.methods.plan import MethodPlan
-from export.methods.pre_llm import check_count, selector_plan
-from export.methods.registry import register
-from export.rollout import gather_tokens
+from export.methods.pre_llm import check_count, check_keep, feature_layer_schedule, selector_plan
+from export.methods.registry import Method, register
+from export.models.facts import model_facts
+from export.modules.select import gather_tokens
 
 STAGE = "vit.random"
 
@@ -38,10 +37,17 @@ class RandomSelect(nn.Module):
         return gather_tokens(hidden[:, 1:], kept), {STAGE: kept}
 
 
-@register("random", RandomConfig, needs_clip=False,
-          summary="a seeded random subset of patches, fixed at export (the same for every image)")
-def build(ckpt, cfg: RandomConfig) -> MethodPlan:
-    n = model_facts(ckpt)["num_patches"]
-    check_count("--keep", cfg.keep, 1, n, f" (the image has {n} patches)")
-    check_count("--seed", cfg.seed, 0, 2**63 - 1)
-    return selector_plan(ckpt, RandomSelect(random_patches(n, cfg.keep, cfg.seed)), [(STAGE, cfg.keep)], cfg, cfg.keep)
+@register
+class RandomSubset(Method):
+    name, title, config_type = "random", "random", RandomConfig
+    summary = "a seeded random subset of patches, fixed at export (the same for every image)"
+
+    def schedule(self, cfg, dims):
+        check_keep(cfg.keep, dims)
+        check_count("--seed", cfg.seed, 0, 2**63 - 1)
+        return feature_layer_schedule(dims, [(STAGE, cfg.keep)], cfg.keep, [STAGE])
+
+    def build(self, ckpt, cfg):
+        dims = model_facts(ckpt)
+        schedule = self.schedule(cfg, dims)  # checks the counts before the draw
+        return selector_plan(ckpt, RandomSelect(random_patches(dims["num_patches"], cfg.keep, cfg.seed)), schedule)

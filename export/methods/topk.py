@@ -3,11 +3,10 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from export.graphs import model_facts
-from export.methods.plan import MethodPlan
-from export.methods.pre_llm import check_count, selector_plan
-from export.methods.registry import register
-from export.rollout import gather_tokens, select_top_k
+from export.methods.pre_llm import check_keep, feature_layer_schedule, selector_plan
+from export.methods.registry import Method, register
+from export.models.facts import model_facts
+from export.modules.select import gather_tokens, select_top_k
 
 STAGE = "vit.topk"
 
@@ -29,9 +28,14 @@ class TopkSelect(nn.Module):
         return gather_tokens(hidden[:, 1:], kept), {STAGE: kept}
 
 
-@register("topk", TopkConfig, needs_clip=False,
-          summary="top-k patches by CLS attention at the feature layer, pruned before the LLM")
-def build(ckpt, cfg: TopkConfig) -> MethodPlan:
-    n = model_facts(ckpt)["num_patches"]
-    check_count("--keep", cfg.keep, 1, n, f" (the image has {n} patches)")
-    return selector_plan(ckpt, TopkSelect(cfg.keep), [(STAGE, cfg.keep)], cfg, cfg.keep)
+@register
+class Topk(Method):
+    name, title, config_type = "topk", "topk", TopkConfig
+    summary = "top-k patches by CLS attention at the feature layer, pruned before the LLM"
+
+    def schedule(self, cfg, dims):
+        check_keep(cfg.keep, dims)
+        return feature_layer_schedule(dims, [(STAGE, cfg.keep)], cfg.keep, [STAGE])
+
+    def build(self, ckpt, cfg):
+        return selector_plan(ckpt, TopkSelect(cfg.keep), self.schedule(cfg, model_facts(ckpt)))

@@ -7,18 +7,19 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import helper, numpy_helper, TensorProto
+from onnx import TensorProto, helper, numpy_helper
 
 import cli
 from calibration.calibrate import CalibrationConfig, calibrate, default_keep_fp32, graphs_to_quantize
 from calibration.capture import capture_feeds
-from calibration.data import builtin_requests, load_calibration_set
+from calibration.data import load_calibration_set
 from calibration.sensitive import fp32_nodes, lm_head, score_path
 from runtime.errors import ConfigError, InputError
-from runtime.generator import Request
 from runtime.load import open_engine_dir
 from runtime.manifest import load_manifest
-from tests.conftest import IMAGES, read_manifest
+from runtime.request import Request
+from runtime.shipped import int8_requests as builtin_requests
+from tests.conftest import IMAGES, file_modes, read_manifest
 
 # First-token logit cosine fp32 vs int8, measured on the tiny (random-weight) model with 2-3 calibration requests:
 # method none 0.969-0.979 (the int8 ViT is most of the error; the LLM alone gives 0.996-0.999). IVTP 0.76-0.82:
@@ -295,7 +296,8 @@ def test_every_quantized_matmul_runs_as_an_int8_kernel_on_onnx_runtime(none_int8
     MatMul (q/k/v and gate/up share an input) into MatMulIntegerToFloat instead of a float MatMul over
     dequantized weights, which made int8 2.4x slower than fp32 on the bench model."""
     import onnxruntime as ort
-    from engines.onnxruntime_engine import SessionFromOnnx
+
+    from engines.onnxruntime_runner import SessionFromOnnx
     out, _ = none_int8
     graph = _graph(out, "decode")
     producers = _producers(graph)
@@ -313,3 +315,10 @@ def test_every_quantized_matmul_runs_as_an_int8_kernel_on_onnx_runtime(none_int8
 def _dumping(options, path):
     options.optimized_model_filepath = str(path)  # ORT writes the graph it will run
     return options
+
+
+def test_the_int8_dir_is_readable_by_other_users(none_int8):
+    out, _ = none_int8
+    got = file_modes(out)
+    assert got["."] == got["calibration"] == 0o755
+    assert {m for name, m in got.items() if (out / name).is_file()} == {0o644}

@@ -5,9 +5,10 @@ import onnxruntime as ort
 import pytest
 
 from calibration.capture import record
-from engines.onnxruntime_engine import ORT_TYPES, EngineInputError, kv_device_for
-from runtime.engine_set import open_onnxruntime
-from runtime.generator import Generator, Request
+from engines.onnxruntime_runner import ORT_TYPES, EngineInputError, kv_device_for
+from runtime.generator import Generator
+from runtime.request import Request
+from runtime.runners import open_onnxruntime
 from tests.conftest import IMAGES, PROMPTS, past_types
 
 
@@ -18,7 +19,7 @@ def test_sessions_on_cuda_or_tensorrt_keep_kv_on_the_gpu_and_cpu_sessions_return
 
 
 def test_bound_kv_caches_give_the_same_tokens_kept_indices_and_cache_size(ivtp_engines):
-    manifest, decode = ivtp_engines.m, ivtp_engines.pipe["decode"]
+    manifest, decode = ivtp_engines.m, ivtp_engines.pipe.decode
     requests = [Request(IMAGES / "chelsea.jpg", PROMPTS[1]), Request(IMAGES / "coffee.jpg", PROMPTS[2])]
     plain = open_onnxruntime(manifest, ["CPUExecutionProvider"])
     assert {r.kv_device for r in plain.values()} == {None}
@@ -35,7 +36,7 @@ def test_bound_kv_caches_give_the_same_tokens_kept_indices_and_cache_size(ivtp_e
 
 
 def test_an_ort_value_of_the_wrong_dtype_is_refused_by_name(ivtp_engines):
-    runner = open_onnxruntime(ivtp_engines.m, ["CPUExecutionProvider"], kv_device="cpu")[ivtp_engines.pipe["decode"]]
+    runner = open_onnxruntime(ivtp_engines.m, ["CPUExecutionProvider"], kv_device="cpu")[ivtp_engines.pipe.decode]
     feed = {a.name: np.zeros([1 if isinstance(d, str) else d for d in a.shape], ORT_TYPES[a.type])
             for a in runner.activate().session.get_inputs()}
     feed["past_key_values.0.key"] = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, 2, 3, 4), np.int32))

@@ -1,11 +1,11 @@
 """IVTP's CLIP text encoder runs on the whole batch's windows at once, never wider than the request batch,
 and picks the same instruction tokens as one request at a time."""
-import copy
+from dataclasses import replace
 
 import pytest
 
-from runtime.generator import Generator, Request
-from runtime.manifest import Manifest
+from runtime.generator import Generator
+from runtime.request import Request
 from tests.conftest import IMAGES, PROMPTS
 
 LONG = ("Look closely at this photo and describe, in order, every object you can see on the left, the right, "
@@ -17,9 +17,8 @@ LONG = ("Look closely at this photo and describe, in order, every object you can
 def ivtp_tau0(ivtp_engines):
     """The tiny's random CLIP scores instruction tokens near 0: tau 0 makes them pick about half, so the
     comparison below is about chosen tokens, not empty lists. Tau is a runtime constant of the manifest."""
-    data = copy.deepcopy(ivtp_engines.m.data)
-    data["pipeline"]["tau"] = 0.0
-    return Generator(Manifest(ivtp_engines.m.root, data), ivtp_engines.engines)
+    m = ivtp_engines.m
+    return Generator(replace(m, pipeline=replace(m.pipeline, tau=0.0)), ivtp_engines.engines)
 
 
 def _count_calls(monkeypatch, engines):

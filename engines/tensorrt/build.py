@@ -1,0 +1,98 @@
+"""ONNX graph -> TensorRT plan, polygraphy style: NetworkFromOnnxPath -> CreateConfig -> EngineBytesFromNetwork.
+
+Precision, by TensorRT major version:
+- 10.x (weakly typed; JetPack's): fp16/bf16 builder flags, with LayerNorm, softmax and reductions pinned
+  to fp32 under obey_precision_constraints; int8/fp8 flags over Q/DQ graphs.
+- 11.x (strongly typed only: the fp16/bf16/int8 flags and precision constraints are gone): fp32, or
+  int8/fp8 from Q/DQ graphs; fp16/bf16 need graphs converted to that type first.
+"""
+from pathlib import Path
+
+import onnx
+
+from engines.errors import EngineConfigError, EngineError
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
+FP32_LAYER_TYPES = ("NORMALIZATION", "SOFTMAX", "REDUCE")  # LayerNorm, softmax, RMSNorm's mean of squares
+QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
+
+
+class EngineBuildError(EngineError):
+    """TensorRT refused a graph while parsing or building it."""
+
+
+def check_precision(precision: str):
+    if precision not in PRECISIONS:
+        raise EngineConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
+def config_options(precision: str, trt_major: int, quantized: bool) -> tuple[dict, bool]:
+    """(CreateConfig keyword arguments, whether to pin norms to fp32) for a precision on a TensorRT major."""
+    check_precision(precision)
+    if precision in ("int8", "fp8") and not quantized:
+        raise EngineConfigError(f"--precision {precision} needs graphs with Q/DQ nodes (TensorRT takes explicit "
+                                "quantization only) and this engine dir has none: quantize it first (`cli.py "
+                                "calibrate` writes INT8 Q/DQ graphs), or build fp16/fp32")
+    if trt_major >= 11:
+        if precision in ("fp16", "bf16"):
+            raise EngineConfigError(f"TensorRT {trt_major}.x builds strongly typed networks only (it removed the "
+                                    "fp16/bf16 builder flags), so --precision fp16/bf16 needs graphs already converted "
+                                    "to that type; build --precision fp32, or use TensorRT 10.x (JetPack's), or convert "
+                                    "the graphs first (ModelOpt AutoCast)")
+        return {}, False  # strong typing: the graph's own types (and Q/DQ) decide
+    if precision in ("fp16", "bf16"):
+        return {precision: True, "precision_constraints": "obey"}, True
+    return ({precision: True} if precision != "fp32" else {}), False
+
+
+def keep_norms_in_fp32(network):
+    """PostprocessNetwork step: LayerNorm, softmax and reductions (RMSNorm's mean of squares overflows fp16
+    above |x| ~ 256) compute and emit fp32; with obey_precision_constraints TensorRT must honour it."""
+    import tensorrt as trt
+    types = {getattr(trt.LayerType, t) for t in FP32_LAYER_TYPES if hasattr(trt.LayerType, t)}
+    floats = {trt.float32, trt.float16, getattr(trt, "bfloat16", trt.float16)}
+    for layer in network:
+        if layer.type in types and all(layer.get_output(i).dtype in floats for i in range(layer.num_outputs)):
+            layer.precision = trt.float32
+            for i in range(layer.num_outputs):
+                layer.set_output_type(i, trt.float32)
+
+
+def plan_loader(onnx_path, profile: dict, options: dict, pin_norms: bool, workspace_mb: int, timing_cache):
+    """Loader chain ONNX file -> serialized plan, composed lazily (nothing runs until it is called).
+    profile: {input name: (min shape, opt shape, max shape)}."""
+    import tensorrt as trt
+    from polygraphy.backend.trt import (
+        CreateConfig,
+        EngineBytesFromNetwork,
+        NetworkFromOnnxPath,
+        PostprocessNetwork,
+        Profile,
+    )
+    network = NetworkFromOnnxPath(str(onnx_path))
+    if pin_norms:
+        network = PostprocessNetwork(network, keep_norms_in_fp32, "keep norms in fp32")
+    trt_profile = Profile()
+    for name, (low, opt, high) in profile.items():
+        trt_profile.add(name, low, opt, high)
+    config = CreateConfig(profiles=[trt_profile], load_timing_cache=str(timing_cache),
+                          memory_pool_limits={trt.MemoryPoolType.WORKSPACE: workspace_mb << 20}, **options)
+    return EngineBytesFromNetwork(network, config, save_timing_cache=str(timing_cache))
+
+
+def build_plan(onnx_path: Path, profile: dict, options: dict, pin_norms: bool, workspace_mb: int,
+               timing_cache: Path) -> bytes:
+    """The plan's bytes, or an EngineBuildError that names the graph and where to look."""
+    from polygraphy.exception import PolygraphyException
+    try:
+        return plan_loader(onnx_path, profile, options, pin_norms, workspace_mb, timing_cache)()
+    except PolygraphyException as e:
+        raise EngineBuildError(f"TensorRT could not build {Path(onnx_path).name}: {e}. TensorRT's log above names the "
+                               "layer; `cli.py check` lists what it refuses, and a larger --workspace helps when "
+                               "tactics ran out of memory") from e
+
+
+def has_qdq(onnx_path) -> bool:
+    """Whether the graph carries Q/DQ nodes (TensorRT takes int8/fp8 only from them); weights are not read."""
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return any(node.op_type in QDQ_OPS for node in model.graph.node)

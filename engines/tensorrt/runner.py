@@ -1,0 +1,96 @@
+"""TensorRT engines at run time, polygraphy style: a lazy loader (`engine_from_plan`: EngineFromBytes over a
+.plan) and a runner with OnnxrtRunner's infer(feed) -> dict contract. Plans are built in build.py."""
+import numpy as np
+
+from engines.errors import EngineInputError
+from engines.kv_names import KV_PREFIX, PAST_PREFIX
+from engines.tensorrt.availability import require_tensorrt
+
+
+def engine_from_plan(path):
+    """Loader: calling it deserializes the .plan at `path` into an ICudaEngine."""
+    from polygraphy.backend.common import BytesFromPath
+    from polygraphy.backend.trt import EngineFromBytes
+    return EngineFromBytes(BytesFromPath(str(path)))
+
+
+class TensorrtRunner:
+    """polygraphy's TrtRunner (dynamic shapes: it sets each input shape per call) behind OnnxrtRunner's
+    contract: activate / infer(feed) -> {name: output} / deactivate.
+
+    KV caches stay on the GPU: `present.*` come back as polygraphy DeviceViews, which the generator feeds back
+    unchanged as `past_key_values.*`. Every other output (logits, kept indices, hidden states) is copied to host
+    numpy, as from ONNX Runtime.
+    - A runner that reads past caches (decode) is fed its own last outputs, so it keeps copies (DeviceKV), valid
+      through its next call.
+    - Any other runner (a prefill segment) returns views of polygraphy's own buffers, valid until its next
+      call: decode reads them at its first step, long before the next request's prefill.
+    """
+
+    def __init__(self, load_engine, name: str = ""):
+        self.load_engine, self.name, self.runner, self.input_names = load_engine, name, None, set()
+        self.kv, self.output_dtypes = None, {}
+
+    def activate(self):
+        if self.runner is None:
+            require_tensorrt()
+            from polygraphy.backend.trt import TrtRunner
+            self.runner = TrtRunner(self.load_engine, name=self.name or None)
+            self.runner.activate()
+            self.use_signature(self.io_signature())
+        return self
+
+    def use_signature(self, signature: dict):
+        """Input names and output dtypes from the plan; KV copies only where the plan reads past caches."""
+        from engines.tensorrt.device_kv import DeviceKV
+        self.input_names = {name for name, _, _ in signature["inputs"]}
+        self.output_dtypes = {name: np.dtype(dtype) for name, dtype, _ in signature["outputs"]}
+        self.kv = DeviceKV() if any(name.startswith(PAST_PREFIX) for name in self.input_names) else None
+
+    def deactivate(self):
+        if self.runner is not None:
+            if self.kv is not None:
+                self.kv.free()
+            self.runner.deactivate()
+            self.runner = None
+
+    def __enter__(self):
+        return self.activate()
+
+    def __exit__(self, *exc):
+        self.deactivate()
+
+    def io_signature(self) -> dict:
+        """{"inputs"|"outputs": [(name, numpy dtype, shape with -1 for dynamic dims)]}"""
+        import tensorrt as trt
+        engine = self.activate().runner.engine
+        sig = {"inputs": [], "outputs": []}
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            kind = "inputs" if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else "outputs"
+            sig[kind].append((name, trt.nptype(engine.get_tensor_dtype(name)), list(engine.get_tensor_shape(name))))
+        return sig
+
+    def infer(self, feed: dict) -> dict:
+        """feed: numpy arrays, or DeviceViews (KV caches a TensorrtRunner returned), which stay on the GPU."""
+        from polygraphy.exception import PolygraphyException
+        self.activate()
+        missing, extra = sorted(self.input_names - set(feed)), sorted(set(feed) - self.input_names)
+        if missing or extra:
+            raise EngineInputError(f"graph {self.name}: missing inputs {missing}, unexpected inputs {extra}")
+        feed = {k: np.ascontiguousarray(v) if isinstance(v, np.ndarray) else v for k, v in feed.items()}  # slices are views
+        try:
+            outputs = self.runner.infer(feed, copy_outputs_to_host=False)
+        except PolygraphyException as e:  # shapes outside the plan's profile, wrong dtypes
+            raise EngineInputError(f"graph {self.name}: {e}. Shapes must lie within the profile the plan was built "
+                                   "with (manifest engines.<graph>.profiles); rebuild with a larger range if needed") from e
+        if self.kv is not None:
+            self.kv.next_call()
+        return {name: self.cache(name, view) if name.startswith(KV_PREFIX) else view.numpy()
+                for name, view in outputs.items()}
+
+    def cache(self, name: str, view):
+        """A `present.*` output as the generator carries it: a quiet view, copied only by a decode runner."""
+        from engines.tensorrt.device_kv import CacheView
+        dtype = self.output_dtypes[name]
+        return self.kv.keep(name, view, dtype) if self.kv is not None else CacheView(view.ptr, tuple(view.shape), dtype)

@@ -1,0 +1,78 @@
+"""ATP-LLaVA (adaptive token pruning): ATP modules after chosen decoder layers keep a number of visual tokens
+that depends on the image and the prompt. Thresholds are calibrated constants per pruning point (thresholds.py;
+fed to the graphs from the manifest, so calibration never re-exports) or trained threshold heads inside the
+graphs (heads.py, trained by training.py on examples.py's self-distillation labels). pruner.py is the module in
+the decoder, scores.py its maths."""
+from dataclasses import dataclass, field
+from functools import partial
+
+from export.graphs.parts import decode_graph, embed_graph, language_model, prefill_graph, vision_graph
+from export.methods.atp.pruner import AtpPruner
+from export.methods.registry import Method, MethodPlan, Schedule, register
+from export.models.facts import model_facts
+from runtime.errors import ConfigError
+from runtime.manifest import Pipeline, Segment, Stage
+
+
+@dataclass(frozen=True)
+class AtpConfig:
+    points: tuple[int, ...] = field(default=(3, 13, 23), metadata={
+        "help": "decoder layers after which an ATP module prunes (the paper's Fig. 4 prunes before 4, 14, 24)"})
+    keep: int = field(default=144, metadata={"help": "target mean visual tokens after the last point (calibration)"})
+    thresholds: tuple[float, ...] | None = field(default=None, metadata={
+        "help": "theta_r,theta_s per point (flat list); default: calibrated at export so the mean count hits --keep"})
+    heads: str | None = field(default=None, metadata={"help": "trained threshold heads (cli.py train-atp) instead"})
+
+
+@register
+class Atp(Method):
+    name, title, config_type = "atp", "ATP", AtpConfig
+    summary = "adaptive: per-request kept counts from ATP thresholds (calibrated constants or trained heads)"
+
+    def schedule(self, cfg: AtpConfig, dims) -> Schedule:
+        n_layers, points = dims["llm_layers"], list(cfg.points)
+        if not points or points != sorted(set(points)) or not 0 <= points[0] or points[-1] >= n_layers - 1:
+            raise ConfigError(f"--points must be increasing decoder layers in 0..{n_layers - 2} (a layer must follow "
+                              f"the last one), got {cfg.points}")
+        if cfg.thresholds is not None and len(cfg.thresholds) != 2 * len(points):
+            raise ConfigError(f"--thresholds needs theta_r,theta_s for each of the {len(points)} points, got "
+                              f"{cfg.thresholds}")
+        if cfg.heads and cfg.thresholds:
+            raise ConfigError("give either --heads or --thresholds, not both")
+        return Schedule([Stage(f"llm.l{p}", "llm", p, None) for p in points], dims["num_patches"])
+
+    def build(self, ckpt, cfg: AtpConfig) -> MethodPlan:
+        dims = model_facts(ckpt)
+        schedule = self.schedule(cfg, dims)
+        n_layers, grid, points = dims["llm_layers"], dims["image_size"] // dims["patch_size"], list(cfg.points)
+        heads = _load_heads(cfg.heads, points, grid * grid) if cfg.heads else {}
+        lm, graphs, segments, spans, first = language_model(ckpt), {}, [], [], 0
+        for j, stage in enumerate(schedule.stages):
+            name, point = f"prefill.{j}", stage.layer
+            constant = None if cfg.heads else list(cfg.thresholds[2 * j:2 * j + 2]) if cfg.thresholds else [-1.0, 2.0]
+            graphs[name] = prefill_graph(lm, first, point, pruner=AtpPruner(grid, heads.get(point)), visual_mask=True)
+            segments.append(Segment(name, [first, point], stage.name, visual_mask=True, thresholds=constant))
+            spans.append((first, point))
+            first = point + 1
+        name = f"prefill.{len(points)}"
+        graphs[name] = prefill_graph(lm, first, n_layers - 1, head=True, visual_mask=True)
+        segments.append(Segment(name, [first, n_layers - 1], head=True, visual_mask=True))
+        spans.append((first, n_layers - 1))
+        graphs.update({"vision": vision_graph(ckpt), "embed": embed_graph(ckpt), "decode": decode_graph(lm, spans)})
+        calibrate = None if cfg.heads or cfg.thresholds else partial(_calibrate, keep=cfg.keep)
+        return MethodPlan(graphs, Pipeline("vision", "embed", "decode", segments), schedule, calibrate)
+
+
+def _calibrate(generator, progress, keep: int):
+    from export.methods.atp.thresholds import calibrate_thresholds
+    from runtime.shipped import atp_threshold_requests
+    calibrate_thresholds(generator, atp_threshold_requests(), keep, progress)
+
+
+def _load_heads(path, points, n_patches):
+    from export.methods.atp.heads import load_heads
+    heads = load_heads(path, n_patches=n_patches)
+    if sorted(heads) != points:
+        raise ConfigError(f"{path} holds heads for points {sorted(heads)}, but --points is {points}; "
+                          f"pass --points {','.join(map(str, sorted(heads)))} or train heads for these points")
+    return heads

@@ -1,0 +1,1 @@
+"""Checkpoints: loading a Hugging Face LLaVA (+ CLIP) dir, the embedded random models, and their tokenizers."""

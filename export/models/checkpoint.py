@@ -1,0 +1,55 @@
+"""Loads a LLaVA checkpoint dir (+ the CLIP dir whose text tower IVTP uses) in the Hugging Face layout."""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import CLIPModel, LlavaForConditionalGeneration
+
+from runtime.errors import ConfigError
+
+
+@dataclass
+class Checkpoint:
+    model_dir: Path
+    clip_dir: Path | None
+    llava: LlavaForConditionalGeneration
+    clip: CLIPModel | None
+
+    @property
+    def preprocessor_config(self) -> dict:
+        """The image processor settings: preprocessor_config.json (transformers 4 layout, llava-hf on the hub)
+        or the "image_processor" entry of processor_config.json (as transformers 5 saves)."""
+        legacy = self.model_dir / "preprocessor_config.json"
+        if legacy.is_file():
+            return json.loads(legacy.read_text())
+        return json.loads((self.model_dir / "processor_config.json").read_text())["image_processor"]
+
+
+def resolve_model_dirs(model: str, clip: str | None) -> tuple[Path, Path | None]:
+    """'tiny' (or another embedded name) builds/reuses the embedded checkpoint; anything else is a path."""
+    from export.models.embedded import SPECS, embedded_model
+    if model in SPECS:
+        built = embedded_model(model)
+        return built.model_dir, Path(clip).resolve() if clip else built.clip_dir
+    model_dir = Path(model).expanduser().resolve()
+    for needed in ("config.json", "tokenizer.json"):
+        if not (model_dir / needed).is_file():
+            raise ConfigError(f"--model {model}: expected a Hugging Face LLaVA dir with {needed}, found none in "
+                              f"{model_dir}. Pass a local llava-hf/llava-1.5-7b-hf style dir or an embedded name: {', '.join(SPECS)}.")
+    clip_dir = Path(clip).expanduser().resolve() if clip else None
+    if clip_dir and not (clip_dir / "config.json").is_file():
+        raise ConfigError(f"--clip {clip}: no config.json in {clip_dir}; pass an openai/clip-vit-large-patch14-336 style dir.")
+    return model_dir, clip_dir
+
+
+def load_checkpoint(model: str, clip: str | None, need_clip: bool) -> Checkpoint:
+    model_dir, clip_dir = resolve_model_dirs(model, clip)
+    if need_clip and clip_dir is None:
+        raise ConfigError("this method scores instruction tokens with CLIP's text encoder: pass --clip PATH "
+                          "(the CLIP checkpoint LLaVA's vision tower comes from, e.g. openai/clip-vit-large-patch14-336).")
+    transformers.utils.logging.disable_progress_bar()  # export prints its own progress lines
+    llava = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager").eval()
+    clip_model = CLIPModel.from_pretrained(clip_dir, dtype=torch.float32).eval() if need_clip else None
+    return Checkpoint(model_dir, clip_dir if need_clip else None, llava, clip_model)

@@ -1,0 +1,128 @@
+"""Latency profile of an engine dir against PyTorch, measured in one run: the engines, the method's torch
+reference, and the unpruned Hugging Face baseline on the same checkpoint and inputs. Medians after warm-up.
+
+The engine half imports no torch: where torch is not installed (a runtime-only install, an edge device) the
+profile times the engines alone and says why the PyTorch rows are missing.
+"""
+import resource
+import statistics
+import sys
+import time
+
+from export.methods.registry import Schedule
+from export.profiling.flops import count_flops, flops_report, tokens_per_layer
+from runtime.load import open_engine_dir
+from runtime.request import Request
+from runtime.shipped import PROFILE_REQUEST
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def torch_missing() -> str | None:
+    """Why the PyTorch rows cannot be measured here, or None."""
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as e:
+        return (f"{e} (the runtime-only install); `pip install -e '.[export]'` adds the PyTorch reference and the "
+                "HF baseline")
+    return None
+
+
+def median_generation(generator, request, runs, max_new_tokens, progress, label, batch: int = 1) -> dict:
+    """Timings of `batch` copies of `request` generated together (one batch shares one set of timings)."""
+    generator.generate([request] * batch, max_new_tokens)  # warm-up
+    samples = []
+    for i in range(runs):
+        progress(f"[profile] {label}: run {i + 1}/{runs}")
+        samples.append(generator.generate([request] * batch, max_new_tokens)[0])
+    per_token = [r.timings_ms["decode_total"] / max(len(r.token_ids) - 1, 1) for r in samples]
+    breakdown = {k: statistics.median(r.timings_ms[k] for r in samples)
+                 for k in samples[0].timings_ms if k not in ("prefill_total", "decode_total", "total")}
+    return {"prefill_ms": statistics.median(r.timings_ms["prefill_total"] for r in samples),
+            "decode_ms_per_token": statistics.median(per_token), "breakdown_ms": breakdown, "result": samples[0]}
+
+
+def _hf_baseline(manifest, request, runs, max_new_tokens, progress) -> dict:
+    """Unpruned LlavaForConditionalGeneration on the manifest's source checkpoint, fp32 on the CPU."""
+    import torch
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    model_dir = manifest.source["model"]
+    model = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+    return hf_baseline(model, AutoProcessor.from_pretrained(model_dir), manifest.prompt_template, request, runs,
+                       max_new_tokens, progress)
+
+
+def hf_baseline(model, processor, template: str, request, runs, max_new_tokens, progress, batch: int = 1) -> dict:
+    """One forward for prefill, then cached single-token steps; on the model's device and dtype."""
+    import torch
+    from PIL import Image
+    text = template.replace("{prompt}", request.prompt)
+    inputs = processor(images=[Image.open(request.image).convert("RGB")] * batch, text=[text] * batch,
+                       return_tensors="pt")
+    inputs = {k: v.to(model.device, model.dtype if v.is_floating_point() else v.dtype) for k, v in inputs.items()}
+    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)  # kernels run async
+
+    def once():
+        with torch.no_grad():
+            sync()
+            start = time.perf_counter()
+            out = model(**inputs, use_cache=True)
+            nxt = out.logits[:, -1:].argmax(-1)
+            sync()
+            prefill = (time.perf_counter() - start) * 1e3
+            mask, past = inputs["attention_mask"], out.past_key_values
+            start = time.perf_counter()
+            for _ in range(max_new_tokens - 1):
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+                out = model(input_ids=nxt, attention_mask=mask, past_key_values=past, use_cache=True)
+                nxt, past = out.logits[:, -1:].argmax(-1), out.past_key_values
+            sync()
+            return prefill, (time.perf_counter() - start) * 1e3 / max(max_new_tokens - 1, 1)
+
+    once()
+    samples = []
+    for i in range(runs):
+        progress(f"[profile] PyTorch baseline (HF, unpruned): run {i + 1}/{runs}")
+        samples.append(once())
+    return {"prefill_ms": statistics.median(s[0] for s in samples),
+            "decode_ms_per_token": statistics.median(s[1] for s in samples)}
+
+
+def _torch_rows(manifest, request, runs, max_new_tokens, progress) -> dict:
+    from export.reference import reference_generator
+    reference = median_generation(reference_generator(manifest), request, runs, max_new_tokens, progress,
+                                  "PyTorch reference")
+    reference.pop("result")
+    reference.pop("breakdown_ms")
+    return {"reference": reference, "pytorch": _hf_baseline(manifest, request, runs, max_new_tokens, progress)}
+
+
+def profile(engine_dir, runs: int = 5, max_new_tokens: int = 16, request: Request = PROFILE_REQUEST,
+            provider: str | None = None, progress=lambda m: print(m, file=sys.stderr, flush=True)) -> dict:
+    engines = open_engine_dir(engine_dir, provider)
+    manifest = engines.m
+    measured = median_generation(engines, request, runs, max_new_tokens, progress, "engines")
+    result = measured.pop("result")
+    engines_rss = _peak_rss_mb()
+    dims, text_tokens = manifest.model, len(result.input_ids) - 1
+    pruned = flops_report(str(engine_dir), manifest.method, text_tokens)
+    unpruned = count_flops(dims, tokens_per_layer(Schedule([], dims["num_patches"]), dims), text_tokens, False)
+    report = {
+        "method": manifest.method, "runs": runs, "max_new_tokens": max_new_tokens, "text_tokens": text_tokens,
+        "engines": {**measured, "peak_rss_mb": engines_rss, "provider": provider or "best available"},
+        "flops": {"pruned_tflops": pruned["total_tflops"], "unpruned_tflops": unpruned["total_tflops"],
+                  "ratio": pruned["total_tflops"] / unpruned["total_tflops"]},
+        "kv_cache_bytes": result.kv_cache_bytes, "visual_tokens_final": result.visual_tokens["count"],
+        "pytorch_skipped": torch_missing(),
+    }
+    if report["pytorch_skipped"]:
+        return report
+    report.update(_torch_rows(manifest, request, runs, max_new_tokens, progress), peak_rss_mb_with_torch=_peak_rss_mb())
+    reference, pytorch = report["reference"], report["pytorch"]
+    report["ratios"] = {"prefill_engines_over_pytorch": measured["prefill_ms"] / pytorch["prefill_ms"],
+                        "decode_engines_over_pytorch": measured["decode_ms_per_token"] / pytorch["decode_ms_per_token"],
+                        "prefill_engines_over_reference": measured["prefill_ms"] / reference["prefill_ms"]}
+    return report

@@ -1,0 +1,155 @@
+"""Prefill: the vision graph, then (IVTP) the pseudo-CLS from CLIP's instruction relevance, then the prefill
+segments in turn, each of which may shrink the visual block.
+
+Requests in a batch are padded and masked, never mixed: suffixes on the right, and a visual block that pruning
+left with different counts per request (ATP) to the longest of them. Each segment keeps its own KV cache, with
+its own length and key-padding mask, since each saw a different visual set.
+"""
+import time
+from collections import defaultdict
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from runtime import io_names as io
+from runtime.manifest import Manifest, Segment
+from runtime.prompt import Prompt
+
+
+class Timer:
+    """Runs engines and adds up each one's wall time."""
+
+    def __init__(self):
+        self.ms = defaultdict(float)
+
+    def run(self, runner, name, feed):
+        start = time.perf_counter()
+        out = runner.infer(feed)
+        self.ms[name] += (time.perf_counter() - start) * 1e3
+        return out
+
+
+@dataclass
+class VisualBlock:
+    """The visual tokens as a segment receives them, one row per request, padded to the longest."""
+    embeds: np.ndarray  # [B, V, H]
+    positions: np.ndarray  # [B, V] int32: original positions, kept through pruning
+    mask: np.ndarray  # [B, V] int32: 1 for a request's real tokens
+    ids: np.ndarray  # [B, V] raster ids (for merged tokens: their rows in the vision graph's output)
+    merged: bool = False  # the tokens are merges, which no raster id names
+
+    def pruned(self, hidden: np.ndarray, kept: np.ndarray, counts: np.ndarray) -> "VisualBlock":
+        """What a segment that kept `kept` ([B, V'] indices into this block, a request's `counts` first) hands on."""
+        width = int(counts.max())  # the longest request sets the width
+        kept = kept[:, :width]
+        mask = (np.arange(width) < counts[:, None]).astype(np.int32)
+        return replace(self, embeds=hidden[:, :width], positions=np.take_along_axis(self.positions, kept, 1),
+                       mask=mask, ids=np.take_along_axis(self.ids, kept, 1))
+
+    def report(self, b: int) -> dict:
+        """Request b's visual tokens as a result states them."""
+        n = int(self.mask[b].sum())
+        return {"count": n, "raster_ids": None if self.merged else sorted(self.ids[b, :n].tolist())}
+
+
+@dataclass
+class KvCaches:
+    """Per decoder layer its (key, value), as the runner returned them; per segment its key-padding mask."""
+    layers: dict
+    masks: list
+    next_position: np.ndarray  # [B]: where each request's first generated token goes
+
+    def add(self, seg: Segment, out: dict, mask: np.ndarray):
+        for i in range(seg.first, seg.last + 1):
+            self.layers[i] = (out[f"present.{i}.key"], out[f"present.{i}.value"])
+        self.masks.append(mask)
+
+    def nbytes(self) -> int:
+        return sum(nbytes(k) + nbytes(v) for k, v in self.layers.values())
+
+
+def nbytes(cache) -> int:
+    """Size of a KV cache as a runner returned it: numpy, or left on a GPU (torch tensor, polygraphy DeviceView,
+    ONNX Runtime OrtValue), which cannot be indexed per request."""
+    return cache.tensor_size_in_bytes() if hasattr(cache, "tensor_size_in_bytes") else cache.nbytes
+
+
+@dataclass
+class Prefilled:
+    logits: np.ndarray  # [B, vocab] at each request's last prompt token
+    caches: KvCaches
+    stages: list  # (stage name, raster ids [B, K], counts [B]) per pruning point, in order
+    relevant: list  # per request: the suffix positions that formed the pseudo-CLS
+    visual: VisualBlock  # what the layers after the last pruning point see
+
+
+def vision_stages(manifest: Manifest, vision: dict, batch: int) -> list:
+    return [(s.name, k, np.full(batch, k.shape[1])) for s in manifest.stages if s.where == "vision"
+            for k in [vision[io.kept_name(s.name)]]]
+
+
+def entering_block(manifest: Manifest, features: np.ndarray, stages: list, n_pre: int) -> VisualBlock:
+    """The vision graph's output as the first segment's visual block, with the raster ids pipeline.visual_ids
+    gives its rows."""
+    batch, n_vis = features.shape[:2]
+    rows = np.tile(np.arange(n_vis), (batch, 1))
+    named, kept = manifest.pipeline.visual_ids, {name: k for name, k, _ in stages}
+    ids = np.sort(np.concatenate([kept[s] for s in named], 1), 1) if named else rows
+    positions = np.tile(np.arange(n_pre, n_pre + n_vis, dtype=np.int32), (batch, 1))
+    return VisualBlock(features, positions, np.ones((batch, n_vis), np.int32), ids, merged=named is None)
+
+
+def segment_feed(seg: Segment, prefix, visual: VisualBlock, suffix, suffix_positions, suffix_mask, pseudo: dict) -> dict:
+    feed = {"prefix_embeds": prefix, "visual_embeds": visual.embeds, "suffix_embeds": suffix,
+            "visual_positions": visual.positions, "suffix_positions": suffix_positions, "suffix_mask": suffix_mask}
+    if seg.pseudo_cls:
+        feed.update(pseudo)
+    if seg.visual_mask:
+        feed["visual_mask"] = visual.mask
+    if seg.thresholds is not None:
+        feed["thresholds"] = np.tile(np.asarray(seg.thresholds, np.float32), (len(prefix), 1))
+    return feed
+
+
+def run_segments(manifest: Manifest, engines: dict, timer: Timer, prefix, visual: VisualBlock, suffix, suffix_mask,
+                 pseudo: dict, stages: list, relevant: list) -> Prefilled:
+    """Every prefill segment in turn; `stages` grows by the LLM's pruning points."""
+    batch, n_pre = len(prefix), prefix.shape[1]
+    start = n_pre + visual.embeds.shape[1]  # pruning keeps original positions: the suffix stays where it was
+    suffix_positions = np.tile(np.arange(start, start + suffix.shape[1], dtype=np.int32), (batch, 1))
+    caches = KvCaches({}, [], start + suffix_mask.sum(1))
+    for seg in manifest.pipeline.segments:
+        feed = segment_feed(seg, prefix, visual, suffix, suffix_positions, suffix_mask, pseudo)
+        out = timer.run(engines[seg.graph], seg.graph, feed)
+        caches.add(seg, out, np.concatenate([np.ones((batch, n_pre), np.int32), visual.mask, suffix_mask], 1))
+        if seg.head:
+            return Prefilled(out["logits"], caches, stages, relevant, visual)
+        prefix, suffix = out["prefix_hidden"], out["suffix_hidden"]
+        if seg.pseudo_cls:
+            pseudo = {**pseudo, "pseudo_cls": out["pseudo_cls_hidden"]}
+        if seg.stage is None:
+            visual = replace(visual, embeds=out["visual_hidden"])
+            continue
+        counts = out.get("kept_count", np.full(batch, out["kept"].shape[1]))
+        visual = visual.pruned(out["visual_hidden"], out["kept"], counts)
+        stages.append((seg.stage, visual.ids, counts))
+    raise RuntimeError("the manifest's last segment has no head")  # load_manifest refuses such a manifest
+
+
+def prefill(generator, prompts: list[Prompt], pixels: np.ndarray, timer: Timer) -> Prefilled:
+    m, engines, batch = generator.m, generator.engines, len(prompts)
+    vision = timer.run(engines[m.pipeline.vision], "vision", {"pixel_values": pixels})
+    stages = vision_stages(m, vision, batch)
+    prefix_lens = {len(p.prefix_ids) for p in prompts}
+    assert len(prefix_lens) == 1, "the template puts the same text before the image in every request"
+    n_pre = prefix_lens.pop()
+    suffix_ids, suffix_mask = generator.prompts.pad_suffixes(prompts, generator.pad)
+    embed = lambda ids: timer.run(engines[m.pipeline.embed], "embed", {"input_ids": ids})["inputs_embeds"]  # noqa: E731
+    prefix, suffix = embed(np.array([p.prefix_ids for p in prompts], dtype=np.int32)), embed(suffix_ids)
+    visual = entering_block(m, vision["image_features"], stages, n_pre)
+    pseudo, relevant = {}, [[] for _ in prompts]
+    if any(s.pseudo_cls for s in m.pipeline.segments):
+        pcls, relevant = generator.relevance.pseudo_cls(engines, prompts, vision, suffix, timer)
+        pseudo = {"pseudo_cls": pcls[:, None].astype(np.float32),
+                  "pseudo_cls_position": np.full((batch, 1), n_pre + visual.embeds.shape[1], dtype=np.int32)}
+    return run_segments(m, engines, timer, prefix, visual, suffix, suffix_mask, pseudo, stages, relevant)
