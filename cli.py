@@ -36,6 +36,7 @@ def parser(with_knobs: bool = True) -> argparse.ArgumentParser:
     sub = p.add_subparsers(required=True, metavar="COMMAND")
     add_export(sub, with_knobs)
     add_run(sub)
+    add_verify(sub)
     add_flops(sub)
     add_profile(sub)
     add_visualize(sub)
@@ -140,6 +141,30 @@ def cmd_run(args) -> int:
             print(f"[{s['name']}] kept {len(s['kept'])} visual tokens")
         print(r.text)
         print(f"(prefill {r.timings_ms['prefill_total']:.1f} ms, total {r.timings_ms['total']:.1f} ms)", file=sys.stderr)
+    return 0
+
+
+def add_verify(sub):
+    v = sub.add_parser("verify", help="check every file of an engine dir against its sha256 in the manifest")
+    v.add_argument("engine_dir", type=Path)
+    v.set_defaults(func=cmd_verify)
+
+
+def cmd_verify(args) -> int:
+    """`run` checks sizes only; this reads every byte, with a progress line per file."""
+    from runtime.engine_dir import unlisted_files, verify_files
+    from runtime.manifest import read_manifest
+    m = read_manifest(args.engine_dir)
+    gb = lambda n: f"{n / 1e9:.2f} GB"  # noqa: E731
+    problems = verify_files(m.root, m.files, lambda done, total, rel: print(
+        f"[verify] {gb(done)} of {gb(total)}: {rel}", file=sys.stderr, flush=True))
+    for rel in unlisted_files(m.root, m.files):
+        print(f"note: {rel} is not listed in the manifest (not part of the engine dir; ignored)", file=sys.stderr)
+    if problems:
+        print(f"error: {m.root} does not match its manifest: " + "; ".join(problems)
+              + ". Export it again (python cli.py export ... --force).", file=sys.stderr)
+        return 1
+    print(f"{m.root}: all {len(m.files)} files match their sha256 ({gb(sum(r['bytes'] for r in m.files.values()))})")
     return 0
 
 

@@ -1,5 +1,8 @@
-"""An engine dir on disk: its file records (sizes, sha256), their check, and the staged write every command
+"""An engine dir on disk: its file records (sizes, sha256), their checks, and the staged write every command
 that makes one goes through (export, calibrate, build), so that none leaves a half-written dir behind.
+
+Opening a dir checks every listed file's size, which costs nothing; hashing tens of GB would cost a minute at every
+start, so the sha256 check is its own command (`cli.py verify DIR`, `verify_files`).
 
 A dir is written into `.<name>.partial-<pid>-<random>` beside its destination and renamed into place only once it
 is complete, readable by everyone (dirs 0755, files 0644). A partial dir whose process is gone (killed, or the
@@ -36,8 +39,8 @@ def file_records(root: Path, skip=("manifest.json",)) -> dict:
             if f.is_file() and str(f.relative_to(root)) not in skip}
 
 
-def file_problems(root: Path, records: dict, verify_checksums: bool) -> list[str]:
-    """Every listed file must exist with its recorded size and (optionally) sha256."""
+def size_problems(root: Path, records: dict) -> list[str]:
+    """Every listed file must exist with its recorded size."""
     problems = []
     for rel, record in records.items():
         f = root / rel
@@ -45,9 +48,27 @@ def file_problems(root: Path, records: dict, verify_checksums: bool) -> list[str
             problems.append(f"missing {rel}")
         elif f.stat().st_size != record["bytes"]:
             problems.append(f"{rel} is {f.stat().st_size} bytes, the manifest says {record['bytes']}")
-        elif verify_checksums and sha256(f) != record["sha256"]:
-            problems.append(f"{rel} does not match its sha256 in the manifest (modified or corrupt)")
     return problems
+
+
+def verify_files(root: Path, records: dict, progress=lambda done, total, rel: None) -> list[str]:
+    """Sizes, then the sha256 of every listed file; `progress(bytes hashed, bytes in all, file)` after each file."""
+    problems = size_problems(root, records)
+    if problems:
+        return problems
+    total, done = sum(r["bytes"] for r in records.values()), 0
+    for rel, record in records.items():
+        if sha256(root / rel) != record["sha256"]:
+            problems.append(f"{rel} does not match its sha256 in the manifest (modified or corrupt)")
+        done += record["bytes"]
+        progress(done, total, rel)
+    return problems
+
+
+def unlisted_files(root: Path, records: dict, skip=("manifest.json",)) -> list[str]:
+    """Files under root that the manifest does not list (left by hand, or by another tool)."""
+    return [str(f.relative_to(root)) for f in sorted(root.rglob("*"))
+            if f.is_file() and str(f.relative_to(root)) not in records and str(f.relative_to(root)) not in skip]
 
 
 def check_destination(out: Path, force: bool):

@@ -6,10 +6,10 @@ from runtime.manifest import load_manifest
 from runtime.runners import open_onnxruntime, open_tensorrt
 
 
-def open_engine_dir(engine_dir, provider: str | None = None, verify_checksums: bool = True) -> Generator:
+def open_engine_dir(engine_dir, provider: str | None = None) -> Generator:
     """provider: cpu | cuda | tensorrt, or None for the best available (TensorRT, CUDA, then CPU).
     A dir built by `cli.py build` (the manifest lists `engines`) runs its TensorRT plans natively instead."""
-    manifest = load_manifest(engine_dir, verify_checksums)
+    manifest = load_manifest(engine_dir)
     if manifest.engines is not None:
         if provider not in (None, "tensorrt"):
             raise EngineDirError(f"{engine_dir} holds TensorRT plans (made by `cli.py build`), which run on TensorRT "

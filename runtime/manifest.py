@@ -2,13 +2,13 @@
 
 `load_manifest` checks what can be checked without running anything: the format, every key, that every graph
 the pipeline and the stages name exists, that every symbolic input dim has a profile range, and every file's
-size (and sha256). The runtime then checks each engine's I/O against its graph record when it opens it.
+size (their sha256 is `cli.py verify`'s). The runtime then checks each engine's I/O against its graph record when it opens it.
 """
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from runtime.engine_dir import file_problems, file_records
+from runtime.engine_dir import file_records, size_problems
 from runtime.errors import EngineDirError
 
 MANIFEST = "manifest.json"
@@ -158,10 +158,11 @@ def save_manifest(manifest: Manifest, root: Path) -> Manifest:
     return manifest
 
 
-def load_manifest(engine_dir, verify_checksums: bool = True) -> Manifest:
-    """The dir's manifest, after checking it (see read_manifest) and every file it lists."""
+def load_manifest(engine_dir) -> Manifest:
+    """The dir's manifest, after checking it (see read_manifest) and the size of every file it lists (their sha256
+    is `cli.py verify`'s: hashing tens of GB at every start would cost a minute)."""
     manifest = read_manifest(engine_dir)
-    problems = file_problems(manifest.root, manifest.files, verify_checksums)
+    problems = size_problems(manifest.root, manifest.files)
     if problems:
         raise EngineDirError(f"engine dir {manifest.root} does not match its manifest: " + "; ".join(problems)
                              + ". Export it again (python cli.py export ... --force).")

@@ -97,11 +97,27 @@ def test_missing_and_tampered_engine_files_are_named(capsys, ivtp_dir, tmp_path)
     data = bytearray((broken / "vision.onnx.data").read_bytes())
     data[len(data) // 2] ^= 0xFF  # same size, different weights
     (broken / "vision.onnx.data").write_bytes(bytes(data))
-    code, _, err = run_cli(capsys, "run", broken, "--image", IMAGES / "coffee.jpg", "--prompt", "hi")
-    assert code == 2 and "vision.onnx.data does not match its sha256" in err
+    code, _, err = run_cli(capsys, "verify", broken)
+    assert code == 1 and "vision.onnx.data does not match its sha256" in err and "export it again" in err.lower()
 
     code, _, err = run_cli(capsys, "run", tmp_path / "nowhere", "--image", IMAGES / "coffee.jpg", "--prompt", "hi")
     assert code == 2 and "does not exist" in err
+
+
+def test_verify_hashes_every_file_and_run_checks_only_sizes(capsys, ivtp_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(ivtp_dir, copy)
+    (copy / "notes.txt").write_text("mine")
+    code, out, err = run_cli(capsys, "verify", copy)
+    files = len(json.loads((copy / "manifest.json").read_text())["files"])
+    assert code == 0 and f"all {files} files match their sha256" in out
+    assert "notes.txt is not listed in the manifest" in err and err.count("[verify]") == files
+
+    data = bytearray((copy / "embed.onnx.data").read_bytes())
+    data[0] ^= 0xFF  # same size: `run` does not read every byte to notice (`verify` does, above)
+    (copy / "embed.onnx.data").write_bytes(bytes(data))
+    code, _, err = run_cli(capsys, "run", copy, "--image", IMAGES / "coffee.jpg", "--prompt", "hi", "--max-new-tokens", 1)
+    assert code == 0, err
 
 
 def test_impossible_keep_counts_fail_before_anything_is_written(capsys, tmp_path):
