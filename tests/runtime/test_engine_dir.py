@@ -1,12 +1,16 @@
 """The staged write every engine dir goes through: readable by others, nothing half-written, and what a killed
 writer left behind is cleaned up by the next write."""
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 from runtime.engine_dir import staged_engine_dir
 from runtime.errors import ConfigError
-from tests.conftest import file_modes
+from tests.conftest import ROOT, file_modes
 
 
 def test_exported_and_calibrated_dirs_are_readable_by_other_users(none_dir):
@@ -48,3 +52,21 @@ def test_what_a_killed_writer_left_is_removed_and_a_live_writers_dir_is_not(tmp_
         (tmp / "manifest.json").write_text("{}")
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == sorted(["eng", live.name, other.name])
+
+
+def test_an_export_killed_by_the_kernel_leaves_no_engine_dir_and_the_next_write_clears_it(tmp_path):
+    """SIGKILL is what the OOM killer sends: no handler runs, so only the staged layout protects the user."""
+    out = tmp_path / "eng"
+    export = subprocess.Popen([sys.executable, "cli.py", "export", "--method", "none", "--model", "tiny", "--out", out],
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list(tmp_path.glob(".eng.partial-*/tokenizer")) and time.monotonic() < deadline:
+        assert export.poll() is None, "the export ended before it started writing"
+        time.sleep(0.2)
+    export.send_signal(signal.SIGKILL)
+    export.wait()
+    partial = list(tmp_path.glob(".eng.partial-*"))
+    assert len(partial) == 1 and f".eng.partial-{export.pid}-" in partial[0].name and not out.exists()
+    with staged_engine_dir(out) as tmp:  # what the next export (or calibrate, or build) of that dir does first
+        (tmp / "manifest.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eng"]
