@@ -5,7 +5,7 @@ import logging
 import warnings
 from pathlib import Path
 
-import onnx
+import onnx_ir as ir
 import torch
 from torch.export import Dim
 
@@ -44,14 +44,15 @@ def export_graph(graph: GraphDef, sample: tuple, path: Path, opset: int = OPSET)
             graph.module, sample, dynamic_shapes=_dynamic_shapes(graph), dynamo=True,
             opset_version=opset, input_names=graph.input_names, output_names=graph.output_names,
             optimize=OPTIMIZE, verbose=False)
-    model = program.model_proto
-    _name_dims(model, graph)
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=path.name + ".data", size_threshold=1024)
+    _name_dims(program.model, graph)
+    # Saved from the exporter's IR, each weight streamed from its torch tensor to path.data: building the
+    # ModelProto first (program.model_proto) would hold a second copy of every weight in memory.
+    program.save(str(path), external_data=True)
 
 
-def _name_dims(model: onnx.ModelProto, graph: GraphDef):
+def _name_dims(model: ir.Model, graph: GraphDef):
     """Input dims get the names the manifest promises (exporter names can be s0, s1, ...)."""
-    for value in model.graph.input:
-        for axis, name in graph.dims.get(value.name, {}).items():
-            value.type.tensor_type.shape.dim[axis].dim_param = name
+    for value in model.graph.inputs:
+        names = graph.dims.get(value.name, {})
+        if names:
+            value.shape = ir.Shape([ir.SymbolicDim(names[a]) if a in names else d for a, d in enumerate(value.shape)])
