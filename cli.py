@@ -63,6 +63,8 @@ def add_export(sub, with_knobs: bool):
     e.add_argument("--clip", help="CLIP checkpoint dir (text encoder for IVTP); embedded models bring their own")
     e.add_argument("--out", required=True, type=Path, help="engine dir to write")
     e.add_argument("--force", action="store_true", help="replace --out if it exists")
+    e.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="weights and activations (norms, softmax and "
+                   "pruning scores stay fp32); default: the checkpoint's own, fp32 for the embedded models")
     e.add_argument("--opset", type=int, default=23, help="ONNX opset, 18..23: 23 keeps attention as one ONNX "
                    "Attention op (TensorRT >= 10.14 parses it); 18 writes it out for older TensorRT, e.g. JetPack 6's 10.3")
     for knob in (method_knobs().values() if with_knobs else ()):
@@ -82,7 +84,7 @@ def cmd_export(args) -> int:
     except ValueError as e:
         raise ConfigError(f"bad knob value: {e}") from e
     export(ExportConfig(method=args.method, model=args.model, clip=args.clip, out=args.out, force=args.force,
-                        method_config=cfg, opset=args.opset))
+                        method_config=cfg, opset=args.opset, dtype=args.dtype))
     return 0
 
 

@@ -18,12 +18,15 @@ from engines.onnxruntime_runner import OnnxrtRunner, SessionFromOnnx
 from export.graphs.dims import graph_dims
 from export.graphs.onnx_export import OPSET, OPSETS, export_graph
 from export.graphs.torch_runner import TorchRunner, module_args
-from export.graphs.validate import ATOL, RTOL, compare
+from export.graphs.validate import TOLERANCES, Agreement, compare
 from export.methods.registry import MethodPlan, get_method
-from export.models.checkpoint import Checkpoint, load_checkpoint
+from export.models.checkpoint import Checkpoint, load_checkpoint, resolve_model_dirs
+from export.models.dtypes import DTYPES, resolve_dtype
+from export.models.embedded import SPECS
 from export.models.facts import manifest_facts
 from runtime.engine_dir import check_destination, staged_engine_dir
 from runtime.errors import ConfigError
+from runtime.feeds import cast_floats
 from runtime.generator import Generator
 from runtime.manifest import GraphRecord, Manifest, TensorRecord, save_manifest
 from runtime.preprocess import ImagePreprocessConfig
@@ -41,6 +44,7 @@ class ExportConfig:
     force: bool = False
     prompt_template: str = LLAVA_15_TEMPLATE
     opset: int = OPSET
+    dtype: str | None = None  # fp32 | fp16 | bf16; None: the checkpoint's own (fp32 for the embedded models)
 
     def __post_init__(self):
         self.method_config = self.method_config or get_method(self.method).config_type()
@@ -54,12 +58,14 @@ def export(cfg: ExportConfig, progress=lambda msg: print(msg, file=sys.stderr, f
                           f"({OPSET}, the default, keeps attention as one ONNX Attention op; lower opsets write it out)")
     method = get_method(cfg.method)
     t0 = time.perf_counter()
-    progress(f"[export] loading checkpoint {cfg.model}")
-    ckpt = load_checkpoint(cfg.model, cfg.clip, method.needs_clip)
+    model_dir, _ = resolve_model_dirs(cfg.model, cfg.clip)
+    dtype = resolve_dtype(cfg.dtype, model_dir, embedded=cfg.model in SPECS)
+    progress(f"[export] loading checkpoint {cfg.model} in {dtype}")
+    ckpt = load_checkpoint(cfg.model, cfg.clip, method.needs_clip, DTYPES[dtype])
     plan = method.build(ckpt, cfg.method_config)
     with staged_engine_dir(out, cfg.force) as tmp:
-        manifest = base_manifest(cfg, ckpt, plan, tmp)
-        runners = {name: TorchRunner(name, graph, record=True) for name, graph in plan.graphs.items()}
+        manifest = base_manifest(cfg, ckpt, plan, tmp, dtype)
+        runners = {name: TorchRunner(name, graph, record=True, dtype=DTYPES[dtype]) for name, graph in plan.graphs.items()}
         if plan.calibrate:
             progress("[export] calibrating the method's constants with the PyTorch reference")
             plan.calibrate(Generator(manifest, runners), progress)
@@ -71,19 +77,18 @@ def export(cfg: ExportConfig, progress=lambda msg: print(msg, file=sys.stderr, f
             start = time.perf_counter()
             feed = runners[name].feeds[0]
             path = tmp / f"{name}.onnx"
-            export_graph(graph, _trace_sample(graph, feed), path, cfg.opset)
-            diffs, record = _validate(name, path, runners[name], feed)
+            export_graph(graph, _trace_sample(graph, feed, DTYPES[dtype]), path, cfg.opset)
+            agreement, record = _validate(name, path, runners[name], feed, dtype)
             record.dims = graph_dims([t.shape for t in record.inputs], manifest.model)
             manifest.graphs[name] = record
-            worst = max((v for o, v in diffs.items() if not o.startswith("kept")), default=0.0)
             progress(f"[export] {k}/{len(plan.graphs)} {name}: exported and validated in "
-                     f"{time.perf_counter() - start:.1f}s (max abs diff {worst:.2e}, kept indices identical)")
+                     f"{time.perf_counter() - start:.1f}s ({agreement.summary()})")
         save_manifest(manifest, tmp)
     progress(f"[export] wrote {out} in {time.perf_counter() - t0:.1f}s")
     return out
 
 
-def base_manifest(cfg: ExportConfig, ckpt: Checkpoint, plan: MethodPlan, tmp: Path) -> Manifest:
+def base_manifest(cfg: ExportConfig, ckpt: Checkpoint, plan: MethodPlan, tmp: Path, dtype: str) -> Manifest:
     """The manifest before any graph is exported, rooted at `tmp`, where the tokenizers are copied."""
     (tmp / "tokenizer").mkdir()
     shutil.copyfile(ckpt.model_dir / "tokenizer.json", tmp / "tokenizer" / "llm.json")
@@ -102,25 +107,27 @@ def base_manifest(cfg: ExportConfig, ckpt: Checkpoint, plan: MethodPlan, tmp: Pa
         versions={"python": platform.python_version(), "torch": torch.__version__,
                   "transformers": transformers.__version__, "onnx": onnx.__version__,
                   "onnxruntime": onnxruntime.__version__},
-        validation={"atol": ATOL, "rtol": RTOL,
+        dtype=dtype, validation={**TOLERANCES[dtype].to_json(),
                     "sample": {"image": EXPORT_SAMPLE.image.name, "prompt": EXPORT_SAMPLE.prompt}},
         root=tmp)
 
 
-def _trace_sample(graph, feed: dict) -> tuple:
-    """Batch 2 and (for decode) two new tokens, so the exporter keeps those dims symbolic."""
+def _trace_sample(graph, feed: dict, dtype) -> tuple:
+    """Batch 2 and (for decode) two new tokens, so the exporter keeps those dims symbolic; float inputs in the
+    graph's dtype."""
     sample = {k: np.concatenate([v, v]) for k, v in feed.items()}
     if "position_ids" in sample:
         sample["inputs_embeds"] = np.concatenate([sample["inputs_embeds"]] * 2, 1)
         sample["position_ids"] = np.concatenate([sample["position_ids"], sample["position_ids"] + 1], 1)
-    return module_args(graph, sample)
+    return module_args(graph, sample, dtype=dtype)
 
 
-def _validate(name, path: Path, runner: TorchRunner, feed) -> tuple[dict, GraphRecord]:
+def _validate(name, path: Path, runner: TorchRunner, feed, dtype: str) -> tuple[Agreement, GraphRecord]:
     """Max differences against torch, and the graph's I/O record for the manifest, from one ORT session."""
     reference = runner.infer(feed)
     with OnnxrtRunner(SessionFromOnnx(path, ["CPUExecutionProvider"]), name) as ort_runner:
-        diffs = compare(name, reference, ort_runner.infer(feed))
         sig = ort_runner.io_signature()
-    describe = lambda items: [TensorRecord(n, np.dtype(t).name, s) for n, t, s in items]  # noqa: E731
-    return diffs, GraphRecord(path.name, describe(sig["inputs"]), describe(sig["outputs"]), {}, path.name + ".data")
+        describe = lambda items: [TensorRecord(n, np.dtype(t).name, s) for n, t, s in items]  # noqa: E731
+        record = GraphRecord(path.name, describe(sig["inputs"]), describe(sig["outputs"]), {}, path.name + ".data")
+        agreement = compare(name, reference, ort_runner.infer(cast_floats(feed, record)), TOLERANCES[dtype])
+    return agreement, record

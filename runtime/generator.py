@@ -32,7 +32,7 @@ class Generator:
     def generate(self, requests: list[Request], max_new_tokens: int = 32) -> list[Result]:
         if max_new_tokens < 1:
             raise InputError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
-        timer, start = Timer(), time.perf_counter()
+        timer, start = Timer(self.m.graphs), time.perf_counter()
         prompts = [self.prompts.encode(r.prompt) for r in requests]
         self._check_lengths(prompts, max_new_tokens)
         pixels = np.stack([preprocess(self._image(r), self.preprocess_cfg) for r in requests])
@@ -64,12 +64,12 @@ class Generator:
             if finished.all() or step == max_new_tokens - 1:
                 break
             nxt = np.where(finished, self.pad, nxt).astype(np.int32)[:, None]
-            embeds = timer.run(self.engines[self.pipe.embed], "embed", {"input_ids": nxt})["inputs_embeds"]
+            embeds = timer.run(self.engines[self.pipe.embed], self.pipe.embed, {"input_ids": nxt})["inputs_embeds"]
             feed = {"inputs_embeds": embeds, "position_ids": (caches.next_position + step)[:, None].astype(np.int32)}
             feed.update({io.past_mask(s): m for s, m in enumerate(caches.masks)})
             for i in range(n_layers):
                 feed[f"past_key_values.{i}.key"], feed[f"past_key_values.{i}.value"] = caches.layers[i]
-            out = timer.run(self.engines[self.pipe.decode], "decode", feed)
+            out = timer.run(self.engines[self.pipe.decode], self.pipe.decode, feed)
             logits = out["logits"]
             caches.layers = {i: (out[f"present.{i}.key"], out[f"present.{i}.value"]) for i in range(n_layers)}
             caches.masks = [np.concatenate([m, np.ones((batch, 1), np.int32)], 1) for m in caches.masks]

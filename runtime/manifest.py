@@ -126,6 +126,7 @@ class Manifest:
     engines: dict[str, PlanRecord] | None = None  # TensorRT plans, in a dir made by `cli.py build`
     built_from: str | None = None
     quantization: dict | None = None  # what `cli.py calibrate` quantized, and how
+    dtype: str = "fp32"  # the weights' and activations' dtype (export --dtype); norms, softmax, scores stay fp32
     format: int = FORMAT
     root: Path | None = field(default=None, compare=False, repr=False)  # where it was read from; not written
 

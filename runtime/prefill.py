@@ -12,19 +12,22 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from runtime import io_names as io
+from runtime.feeds import cast_floats
 from runtime.manifest import Manifest, Segment
 from runtime.prompt import Prompt
 
 
 class Timer:
-    """Runs engines and adds up each one's wall time."""
+    """Runs engines by graph name, each fed its floats in the dtypes its record names, and adds up each one's wall
+    time. Without records (the PyTorch oracle at export, before any graph exists) feeds go as they are."""
 
-    def __init__(self):
-        self.ms = defaultdict(float)
+    def __init__(self, records: dict | None = None):
+        self.ms, self.records = defaultdict(float), records or {}
 
     def run(self, runner, name, feed):
         start = time.perf_counter()
-        out = runner.infer(feed)
+        record = self.records.get(name)
+        out = runner.infer(cast_floats(feed, record) if record is not None else feed)
         self.ms[name] += (time.perf_counter() - start) * 1e3
         return out
 
@@ -138,13 +141,13 @@ def run_segments(manifest: Manifest, engines: dict, timer: Timer, prefix, visual
 
 def prefill(generator, prompts: list[Prompt], pixels: np.ndarray, timer: Timer) -> Prefilled:
     m, engines, batch = generator.m, generator.engines, len(prompts)
-    vision = timer.run(engines[m.pipeline.vision], "vision", {"pixel_values": pixels})
+    vision = timer.run(engines[m.pipeline.vision], m.pipeline.vision, {"pixel_values": pixels})
     stages = vision_stages(m, vision, batch)
     prefix_lens = {len(p.prefix_ids) for p in prompts}
     assert len(prefix_lens) == 1, "the template puts the same text before the image in every request"
     n_pre = prefix_lens.pop()
     suffix_ids, suffix_mask = generator.prompts.pad_suffixes(prompts, generator.pad)
-    embed = lambda ids: timer.run(engines[m.pipeline.embed], "embed", {"input_ids": ids})["inputs_embeds"]  # noqa: E731
+    embed = lambda ids: timer.run(engines[m.pipeline.embed], m.pipeline.embed, {"input_ids": ids})["inputs_embeds"]  # noqa: E731
     prefix, suffix = embed(np.array([p.prefix_ids for p in prompts], dtype=np.int32)), embed(suffix_ids)
     visual = entering_block(m, vision["image_features"], stages, n_pre)
     pseudo, relevant = {}, [[] for _ in prompts]

@@ -99,6 +99,6 @@ class InstructionRelevance:
         rows = np.concatenate([np.pad(ids, ((0, 0), (0, width - ids.shape[1])), constant_values=self.windows.eos)
                                for ids in windows])
         engine = engines[self.text_encoder]
-        emb = np.concatenate([timer.run(engine, "text_encoder", {"input_ids": rows[i:i + max_rows]})["token_embeddings"]
+        emb = np.concatenate([timer.run(engine, self.text_encoder, {"input_ids": rows[i:i + max_rows]})["token_embeddings"]
                               for i in range(0, len(rows), max_rows)])
         return np.split(emb, np.cumsum([len(ids) for ids in windows])[:-1])

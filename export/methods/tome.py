@@ -17,7 +17,7 @@ from export.methods.none import unpruned_plan
 from export.methods.pre_llm import check_keep, feature_layer_schedule
 from export.methods.registry import Method, register
 from export.models.facts import model_facts
-from export.modules.layers import attend, merge_heads, split_heads
+from export.modules.layers import attend, layer_norm, merge_heads, split_heads, vector_norm
 from export.modules.select import gather_tokens, sort_last
 from runtime import io_names as io
 from runtime.errors import ConfigError
@@ -57,7 +57,7 @@ def bipartite_merge(x, size, ids, metric, r: int):
     metric [B, T, D]; token 0 is the CLS and never merges. a = [0::2], b = [1::2]; the r a-tokens with the best
     cosine edge merge into their b partner by size-weighted average. Output order: unmerged a (original order),
     then b. Returns (x, size, ids) with T - r tokens."""
-    metric = metric / metric.norm(dim=-1, keepdim=True)
+    metric = metric.float() / vector_norm(metric)[..., None]  # cosines in fp32: they decide the merges
     scores = torch.matmul(metric[:, 0::2], metric[:, 1::2].transpose(1, 2))
     n_a, n_b = scores.shape[1], scores.shape[2]
     is_cls = (torch.arange(n_a, device=x.device) == 0)[:, None]
@@ -79,7 +79,7 @@ def bipartite_merge(x, size, ids, metric, r: int):
 def tome_layer(layer, x, size, ids, r: int):
     """One CLIPEncoderLayer with proportional attention and a merge of r tokens before the MLP."""
     attn = layer.self_attn
-    h = layer.layer_norm1(x)
+    h = layer_norm(layer.layer_norm1, x)
     q, k, v = (split_heads(p(h), attn.head_dim) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
     # proportional attention: log size of each key; the query axis is spelt out (ONNX Attention wants it)
     bias = size.log()[:, None, None, :, 0].expand(-1, -1, x.shape[1], -1)
@@ -87,7 +87,7 @@ def tome_layer(layer, x, size, ids, r: int):
     x = x + attn.out_proj(merge_heads(o))
     if r:
         x, size, ids = bipartite_merge(x, size, ids, k.mean(dim=1), r)
-    return x + layer.mlp(layer.layer_norm2(x)), size, ids
+    return x + layer.mlp(layer_norm(layer.layer_norm2, x)), size, ids
 
 
 class ToMeVision(nn.Module):
@@ -101,7 +101,7 @@ class ToMeVision(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor):
         tower = self.tower
-        x = tower.pre_layrnorm(tower.embeddings(pixel_values))
+        x = layer_norm(tower.pre_layrnorm, tower.embeddings(pixel_values))
         size = torch.ones_like(x[..., :1])
         ids = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], x.shape[1])  # 0 is the CLS
         for layer, r in zip(tower.encoder.layers[:self.feature_layer + 1], self.schedule):

@@ -9,6 +9,7 @@ from torch import nn
 from export.methods.pre_llm import check_count, feature_layer_schedule, selector_plan
 from export.methods.registry import Method, register
 from export.models.facts import model_facts
+from export.modules.layers import vector_norm
 from export.modules.select import gather_tokens, select_top_k
 
 DOMINANT, CONTEXTUAL = "vit.dominant", "vit.contextual"
@@ -42,7 +43,7 @@ def visionzip_select(hidden: torch.Tensor, cls_attn_sum: torch.Tensor, keys: tor
     targets = rest[:, ::step][:, :n_contextual]
     positions = torch.arange(rest_count, device=hidden.device)
     is_member = (positions % step != 0) | (positions >= step * n_contextual)  # not one of the targets
-    k = keys[:, 1:] / keys[:, 1:].norm(dim=-1, keepdim=True)
+    k = keys[:, 1:].float() / vector_norm(keys[:, 1:])[..., None]
     sim = torch.matmul(gather_tokens(k, rest), gather_tokens(k, targets).transpose(1, 2))  # [B, R, n_ctx]
     slot = torch.arange(n_contextual, device=hidden.device)
     assign = (sim.argmax(dim=-1)[..., None] == slot) & is_member[None, :, None]

@@ -13,6 +13,7 @@ from torch import nn
 from export.methods.pre_llm import check_keep, feature_layer_schedule, selector_plan
 from export.methods.registry import Method, register
 from export.models.facts import model_facts
+from export.modules.layers import vector_norm
 from export.modules.select import gather_tokens, sort_last
 from runtime.errors import ConfigError
 
@@ -43,7 +44,7 @@ def vispruner_select(cls_attn: torch.Tensor, features: torch.Tensor, n_important
     important = sort_last(order[:, :n_important]).values if n_important else None
     if not n_diverse:
         return important, None
-    normed = features / features.norm(dim=-1, keepdim=True)
+    normed = features.float() / vector_norm(features)[..., None]
     diverse = drop_duplicates(normed, order[:, n_important:], n_diverse, max_drop)
     return important, sort_last(diverse).values
 

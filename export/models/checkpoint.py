@@ -44,12 +44,13 @@ def resolve_model_dirs(model: str, clip: str | None) -> tuple[Path, Path | None]
     return model_dir, clip_dir
 
 
-def load_checkpoint(model: str, clip: str | None, need_clip: bool) -> Checkpoint:
+def load_checkpoint(model: str, clip: str | None, need_clip: bool, dtype: torch.dtype = torch.float32) -> Checkpoint:
+    """Weights are loaded in `dtype` (see export/models/dtypes.py), never in a wider one first."""
     model_dir, clip_dir = resolve_model_dirs(model, clip)
     if need_clip and clip_dir is None:
         raise ConfigError("this method scores instruction tokens with CLIP's text encoder: pass --clip PATH "
                           "(the CLIP checkpoint LLaVA's vision tower comes from, e.g. openai/clip-vit-large-patch14-336).")
     transformers.utils.logging.disable_progress_bar()  # export prints its own progress lines
-    llava = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager").eval()
-    clip_model = CLIPModel.from_pretrained(clip_dir, dtype=torch.float32).eval() if need_clip else None
+    llava = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=dtype, attn_implementation="eager").eval()
+    clip_model = CLIPModel.from_pretrained(clip_dir, dtype=dtype).eval() if need_clip else None
     return Checkpoint(model_dir, clip_dir if need_clip else None, llava, clip_model)

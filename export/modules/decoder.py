@@ -26,9 +26,9 @@ class LanguageModelParts(nn.Module):
         self.register_buffer("inv_freq", language_model.rotary_emb.inv_freq.clone(), persistent=False)
 
     def logits_at(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """Logits [B, V] of the hidden state at position index[b] of each row."""
+        """Logits [B, V] (fp32, whatever the weights' dtype) of the hidden state at position index[b] of each row."""
         last = torch.gather(x, 1, index[:, None, None].expand(-1, 1, x.shape[-1]))[:, 0]
-        return self.lm_head(self.norm(last))
+        return self.lm_head(self.norm(last)).float()
 
 
 class PrefillSegment(nn.Module):

@@ -2,6 +2,9 @@
 
 Explicit code (no HF attention dispatch, no cache objects) exports cleanly to ONNX and lets pruning
 read attention probabilities and value norms where it needs them. The maths is HF's, op for op.
+
+Weights and matmuls run in the checkpoint's dtype; norms, softmax probabilities and everything pruning scores
+with are computed in fp32 (explicit casts, no-ops at fp32), so that kept indices do not hang on fp16 rounding.
 """
 import torch
 import torch.nn.functional as F
@@ -22,43 +25,54 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
 
 
 def attend(q, k, v, scale: float, bias=None, need_probs: bool = False):
-    """Softmax attention. `bias` is additive (0 / NEG_INF). Returns (output [B,H,Nq,D], probs or None)."""
-    if bias is not None and bias.dtype != q.dtype:  # fp16 / bf16 reference on a GPU: fp32's min would overflow
-        bias = bias.clamp(min=torch.finfo(q.dtype).min).to(q.dtype)
+    """Softmax attention. `bias` is additive (0 / NEG_INF). Returns (output [B,H,Nq,D], fp32 probs or None)."""
     if not need_probs:
+        if bias is not None and bias.dtype != q.dtype:  # fp16 / bf16: fp32's min would overflow
+            bias = bias.clamp(min=torch.finfo(q.dtype).min).to(q.dtype)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale), None
-    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
     if bias is not None:
-        scores = scores + bias
+        scores = scores + bias.float()
     probs = torch.softmax(scores, dim=-1)
-    return torch.matmul(probs, v), probs
+    return torch.matmul(probs.to(v.dtype), v), probs
+
+
+def layer_norm(norm: torch.nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """A LayerNorm computed in fp32 and returned in x's dtype (LlamaRMSNorm does the same by itself)."""
+    weight, bias = norm.weight.float(), norm.bias.float() if norm.bias is not None else None
+    return F.layer_norm(x.float(), norm.normalized_shape, weight, bias, norm.eps).to(x.dtype)
+
+
+def vector_norm(x: torch.Tensor) -> torch.Tensor:
+    """L2 norm over the last axis, in fp32: value norms and cosines feed pruning scores."""
+    return x.float().norm(dim=-1)
 
 
 # ---------------------------------------------------------------- CLIP (pre-LN, biases, quick_gelu)
 def clip_layer(layer, x: torch.Tensor, bias=None, need_probs: bool = False):
     """One CLIPEncoderLayer. Returns (x, head-averaged probs [B,N,N] or None, value norms [B,N])."""
     attn = layer.self_attn
-    h = layer.layer_norm1(x)
+    h = layer_norm(layer.layer_norm1, x)
     q = split_heads(attn.q_proj(h), attn.head_dim)
     k = split_heads(attn.k_proj(h), attn.head_dim)
     v_flat = attn.v_proj(h)
     o, probs = attend(q, k, split_heads(v_flat, attn.head_dim), attn.scale, bias, need_probs)
     x = x + attn.out_proj(merge_heads(o))
-    x = x + layer.mlp(layer.layer_norm2(x))
+    x = x + layer.mlp(layer_norm(layer.layer_norm2, x))
     mean_probs = probs.mean(dim=1) if probs is not None else None
-    return x, mean_probs, v_flat.norm(dim=-1)
+    return x, mean_probs, vector_norm(v_flat)
 
 
 def clip_layer_cls_only(layer, x: torch.Tensor) -> torch.Tensor:
     """The CLS output of a CLIP layer (keys/values over all tokens, query of token 0 only): [B, C]."""
     attn = layer.self_attn
-    h = layer.layer_norm1(x)
+    h = layer_norm(layer.layer_norm1, x)
     q = split_heads(attn.q_proj(h[:, :1]), attn.head_dim)
     k = split_heads(attn.k_proj(h), attn.head_dim)
     v = split_heads(attn.v_proj(h), attn.head_dim)
     o, _ = attend(q, k, v, attn.scale)
     cls = x[:, :1] + attn.out_proj(merge_heads(o))
-    cls = cls + layer.mlp(layer.layer_norm2(cls))
+    cls = cls + layer.mlp(layer_norm(layer.layer_norm2, cls))
     return cls[:, 0]
 
 

@@ -41,8 +41,8 @@ class LayerAttention:
 
 
 def attention_rows(q_rows, k, bias_rows, scale):
-    """Head-averaged softmax probabilities of a few query rows: q_rows [B,H,R,D], bias_rows [B,1,R,N] -> [B,R,N]."""
-    scores = torch.matmul(q_rows, k.transpose(-1, -2)) * scale + bias_rows
+    """Head-averaged softmax probabilities (fp32) of a few query rows: q_rows [B,H,R,D], bias_rows [B,1,R,N] -> [B,R,N]."""
+    scores = torch.matmul(q_rows.float(), k.float().transpose(-1, -2)) * scale + bias_rows.float()
     return torch.softmax(scores, dim=-1).mean(1)
 
 

@@ -13,8 +13,8 @@ def sort_last(x: torch.Tensor, descending: bool = False):
 
 
 def select_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices [B, k] of the k highest scores, sorted ascending (raster order)."""
-    return sort_last(torch.topk(scores, k, dim=-1).indices).values
+    """Indices [B, k] of the k highest scores (compared in fp32), sorted ascending (raster order)."""
+    return sort_last(torch.topk(scores.float(), k, dim=-1).indices).values
 
 
 def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from export.modules.layers import NEG_INF, clip_layer
+from export.modules.layers import NEG_INF, clip_layer, layer_norm
 
 
 class TokenEmbeddings(nn.Module):
@@ -21,4 +21,4 @@ class TokenEmbeddings(nn.Module):
         bias = torch.where(causal, 0.0, NEG_INF)[None, None]
         for layer in tm.encoder.layers:
             x, _, _ = clip_layer(layer, x, bias)
-        return self.text_projection(tm.final_layer_norm(x))
+        return self.text_projection(layer_norm(tm.final_layer_norm, x)).float()

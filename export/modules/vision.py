@@ -7,17 +7,17 @@ Used both as the PyTorch oracle and as the module traced into the `vision` graph
 import torch
 from torch import nn
 
-from export.modules.layers import clip_layer, split_heads
+from export.modules.layers import clip_layer, layer_norm, split_heads
 from runtime import io_names as io
 
 
 def feature_signals(layer, x: torch.Tensor):
     """What selectors read from the feature layer, fed its input x [B, 1+N, C]: the CLS row of the softmax
-    attention per head over the patches [B, H, N], and the keys averaged over heads [B, 1+N, D]."""
+    attention per head over the patches [B, H, N], and the keys averaged over heads [B, 1+N, D], both fp32."""
     attn = layer.self_attn
-    h = layer.layer_norm1(x)
-    k = split_heads(attn.k_proj(h), attn.head_dim)
-    q_cls = split_heads(attn.q_proj(h[:, :1]), attn.head_dim)
+    h = layer_norm(layer.layer_norm1, x)
+    k = split_heads(attn.k_proj(h), attn.head_dim).float()
+    q_cls = split_heads(attn.q_proj(h[:, :1]), attn.head_dim).float()
     probs = torch.softmax(torch.matmul(q_cls, k.transpose(-1, -2)) * attn.scale, dim=-1)
     return probs[:, :, 0, 1:], k.mean(dim=1)
 
@@ -37,7 +37,7 @@ class FeatureVision(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor):
         tower = self.tower
-        x = tower.pre_layrnorm(tower.embeddings(pixel_values))
+        x = layer_norm(tower.pre_layrnorm, tower.embeddings(pixel_values))
         for layer in tower.encoder.layers[:self.feature_layer]:
             x, _, _ = clip_layer(layer, x)
         top = tower.encoder.layers[self.feature_layer]

@@ -20,8 +20,8 @@ class AtpPruner(LlmPruner):
         self.register_buffer("spatial", spatial_score_table(grid), persistent=False)
 
     def signals(self, q, k, bias, scale, view: SegmentView):
-        """(S_self, S_cross, S_spatial, raster ids, valid), each [B, V]."""
-        valid = view.visual_mask > 0
+        """(S_self, S_cross, S_spatial, raster ids, valid), each [B, V], in fp32."""
+        q, k, valid = q.float(), k.float(), view.visual_mask > 0
         vis = view.visual
         w = valid.to(k.dtype)[:, None, :, None]
         k_mean = (k[:, :, vis] * w).sum(2, keepdim=True) / torch.clamp(w.sum(2, keepdim=True), min=1.0)

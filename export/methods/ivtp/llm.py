@@ -5,7 +5,7 @@ never attended to and never cached. GTP rolls out the attention over [pseudo-CLS
 import torch
 
 from export.methods.ivtp.rollout import group_cls_row
-from export.modules.layers import llama_attend, llama_finish, llama_qkv, rope_cos_sin
+from export.modules.layers import llama_attend, llama_finish, llama_qkv, rope_cos_sin, vector_norm
 from export.modules.pruning import LayerAttention, LlmPruner, SegmentView
 from export.modules.select import select_top_k
 from runtime import io_names as io
@@ -53,5 +53,5 @@ class IvtpPruner(LlmPruner):
     def decide(self, state: dict, attention: LayerAttention, view: SegmentView):
         cls_row = group_cls_row(state["block_attns"], self.fusion)
         visual = slice(view.n_pre, view.n_pre + view.n_vis)
-        score = cls_row[:, 1:] * attention.v_flat.norm(dim=-1)[:, visual]
+        score = cls_row[:, 1:] * vector_norm(attention.v_flat)[:, visual]
         return {"kept": select_top_k(score, self.keep)}, {"pseudo_cls_hidden": state["hidden"]}

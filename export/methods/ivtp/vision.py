@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from export.methods.ivtp.rollout import group_cls_row
-from export.modules.layers import clip_layer, clip_layer_cls_only
+from export.modules.layers import clip_layer, clip_layer_cls_only, layer_norm
 from export.modules.select import gather_tokens, select_top_k
 
 
@@ -27,7 +27,7 @@ class PrunedVision(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor):
         tower = self.tower
-        x = tower.pre_layrnorm(tower.embeddings(pixel_values))
+        x = layer_norm(tower.pre_layrnorm, tower.embeddings(pixel_values))
         batch, n_patches = x.shape[0], x.shape[1] - 1
         ids = torch.arange(n_patches, device=x.device).expand(batch, n_patches)  # original raster numbering
         group_attns, outputs = [], {}
@@ -52,6 +52,6 @@ class PrunedVision(nn.Module):
         for layer in tower.encoder.layers[self.feature_layer + 1:-1]:
             cls, _, _ = clip_layer(layer, cls)
         cls_last = clip_layer_cls_only(tower.encoder.layers[-1], cls)
-        outputs["cls_joint"] = self.visual_projection(tower.post_layernorm(cls_last))
+        outputs["cls_joint"] = self.visual_projection(layer_norm(tower.post_layernorm, cls_last)).float()
         outputs["cls_llm"] = self.projector(x[:, 0])  # IVTP's fallback pseudo-CLS, in the LLM space
         return outputs
