@@ -12,7 +12,15 @@ from safetensors.torch import load_file, save_file
 
 from export.models.checkpoint import load_checkpoint
 from export.models.facts import manifest_facts
-from export.models.llava_hf_layout import TINY_LAYOUT, llava_hf_keys, transformers_name
+from export.models.llava_hf_layout import (
+    LLAVA_1_5_7B,
+    TINY_LAYOUT,
+    llava_hf_config,
+    llava_hf_keys,
+    openai_clip_config,
+    openai_clip_keys,
+    transformers_name,
+)
 from runtime.errors import ConfigError
 
 
@@ -199,3 +207,19 @@ def test_an_image_token_the_tokenizer_lacks_is_refused(ckpt, llava_hf, tmp_path,
     monkeypatch.setattr(ckpt.llava.config, "image_token_index", 40000)
     with pytest.raises(ConfigError, match="image_token_index 40000 is not a token of .*tokenizer.json"):
         base_manifest(cfg, ckpt, plan, tmp_path / "b")
+
+
+@pytest.mark.parametrize("geometry", [TINY_LAYOUT, LLAVA_1_5_7B], ids=["tiny", "7b"])
+def test_the_key_tables_are_transformers_models_at_any_geometry(geometry):
+    """Every parameter, with its shape, of the models transformers builds from the hand-written configs (on the
+    meta device: no memory, the 7B too), and nothing else."""
+    from transformers import CLIPConfig, CLIPModel, LlavaConfig, LlavaForConditionalGeneration
+    with torch.device("meta"):
+        llava = LlavaForConditionalGeneration(LlavaConfig.from_dict(llava_hf_config(geometry, 32000, 32001)))
+        clip = CLIPModel(CLIPConfig.from_dict(openai_clip_config(geometry, 49408)))
+    want = {transformers_name(k): s for k, s in llava_hf_keys(geometry).items()}
+    assert {k: tuple(v.shape) for k, v in llava.state_dict().items()} == want
+    want = {k: s for k, s in openai_clip_keys(geometry, 49408).items() if not k.endswith("position_ids")}
+    assert {k: tuple(v.shape) for k, v in clip.state_dict().items()} == want
+    if geometry == LLAVA_1_5_7B:
+        assert sum(math.prod(s) for s in llava_hf_keys(geometry).values()) == 7_063_427_072
