@@ -98,6 +98,10 @@ def base_manifest(cfg: ExportConfig, ckpt: Checkpoint, plan: MethodPlan, tmp: Pa
         tokenizers["clip"] = "tokenizer/clip.json"
     facts = manifest_facts(ckpt)
     image_token = Tokenizer.from_file(str(tmp / "tokenizer" / "llm.json")).id_to_token(facts["image_token_id"])
+    if image_token is None:
+        raise ConfigError(f"{ckpt.model_dir / 'config.json'}: image_token_index {facts['image_token_id']} is not a "
+                          f"token of {ckpt.model_dir / 'tokenizer.json'}; the config and the tokenizer must come from "
+                          "the same checkpoint (llava-1.5-hf: <image> = 32000)")
     return Manifest(
         method=cfg.method, config=asdict(cfg.method_config), opset=cfg.opset, stages=plan.schedule.stages,
         pipeline=plan.pipeline, model=facts, vision_tokens_out=plan.schedule.vision_tokens,

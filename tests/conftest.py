@@ -55,6 +55,15 @@ def tiny(tmp_path_factory):
     return embedded_model("tiny")
 
 
+@pytest.fixture(scope="session")
+def llava_hf(tmp_path_factory):
+    """Offline stand-ins for llava-hf/llava-1.5-7b-hf and openai/clip-vit-large-patch14-336 as their files are on
+    the hub (hand-written transformers-4 configs, llava-hf tensor names in fp16 shards, CLIP as pytorch_model.bin
+    only, tokenizers with the real 32000/49408 vocabularies and ids), with tiny widths: built once, ~3 s."""
+    from export.models.llava_hf_layout import build_llava_hf_pair
+    return build_llava_hf_pair(tmp_path_factory.mktemp("llava-hf") / "pair")
+
+
 def _export(tmp_path_factory, method, opset, **knobs):
     from export.methods.registry import get_method
     from export.pipeline import ExportConfig, export

@@ -1,4 +1,6 @@
-"""Loads a LLaVA checkpoint dir (+ the CLIP dir whose text tower IVTP uses) in the Hugging Face layout."""
+"""Loads a LLaVA checkpoint dir (+ the CLIP dir whose text tower IVTP uses) in the Hugging Face layout: llava-hf's
+and openai's files as on the hub (safetensors shards or pytorch_model.bin) or as transformers 5 saves them. A dir that
+would leave any weight at its random init is refused (complete_load.py)."""
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -7,6 +9,7 @@ import torch
 import transformers
 from transformers import CLIPModel, LlavaForConditionalGeneration
 
+from export.models.complete_load import load_complete
 from runtime.errors import ConfigError
 
 
@@ -27,6 +30,16 @@ class Checkpoint:
         return json.loads((self.model_dir / "processor_config.json").read_text())["image_processor"]
 
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def _check_weights(flag: str, given: str, path: Path, example: str) -> None:
+    """Weights as from_pretrained finds them: safetensors (one file or shards + index) or pytorch_model.bin."""
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        raise ConfigError(f"{flag} {given}: no weights in {path}: expected one of {', '.join(WEIGHT_FILES)}. Pass a "
+                          f"{example} style dir with its weight files downloaded.")
+
+
 def resolve_model_dirs(model: str, clip: str | None) -> tuple[Path, Path | None]:
     """'tiny' (or another embedded name) builds/reuses the embedded checkpoint; anything else is a path."""
     from export.models.embedded import SPECS, embedded_model
@@ -38,9 +51,14 @@ def resolve_model_dirs(model: str, clip: str | None) -> tuple[Path, Path | None]
         if not (model_dir / needed).is_file():
             raise ConfigError(f"--model {model}: expected a Hugging Face LLaVA dir with {needed}, found none in "
                               f"{model_dir}. Pass a local llava-hf/llava-1.5-7b-hf style dir or an embedded name: {', '.join(SPECS)}.")
+    _check_weights("--model", model, model_dir, "llava-hf/llava-1.5-7b-hf")
     clip_dir = Path(clip).expanduser().resolve() if clip else None
-    if clip_dir and not (clip_dir / "config.json").is_file():
-        raise ConfigError(f"--clip {clip}: no config.json in {clip_dir}; pass an openai/clip-vit-large-patch14-336 style dir.")
+    if clip_dir:
+        for needed in ("config.json", "tokenizer.json"):
+            if not (clip_dir / needed).is_file():
+                raise ConfigError(f"--clip {clip}: no {needed} in {clip_dir}; pass an openai/clip-vit-large-patch14-336 "
+                                  "style dir.")
+        _check_weights("--clip", clip, clip_dir, "openai/clip-vit-large-patch14-336")
     return model_dir, clip_dir
 
 
@@ -51,6 +69,6 @@ def load_checkpoint(model: str, clip: str | None, need_clip: bool, dtype: torch.
         raise ConfigError("this method scores instruction tokens with CLIP's text encoder: pass --clip PATH "
                           "(the CLIP checkpoint LLaVA's vision tower comes from, e.g. openai/clip-vit-large-patch14-336).")
     transformers.utils.logging.disable_progress_bar()  # export prints its own progress lines
-    llava = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=dtype, attn_implementation="eager").eval()
-    clip_model = CLIPModel.from_pretrained(clip_dir, dtype=dtype).eval() if need_clip else None
+    llava = load_complete(LlavaForConditionalGeneration, model_dir, dtype, attn_implementation="eager")
+    clip_model = load_complete(CLIPModel, clip_dir, dtype) if need_clip else None
     return Checkpoint(model_dir, clip_dir if need_clip else None, llava, clip_model)

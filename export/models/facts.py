@@ -28,13 +28,21 @@ def model_facts(ckpt: Checkpoint) -> dict:
     }
 
 
+def special_tokens(ckpt: Checkpoint) -> dict:
+    """eos from generation_config.json, else text_config. pad from the top level of config.json, where llava-hf
+    puts it (its text_config has none), else text_config, else eos."""
+    cfg = ckpt.llava.config
+    eos = ckpt.llava.generation_config.eos_token_id
+    eos = cfg.text_config.eos_token_id if eos is None else eos
+    eos = eos[0] if isinstance(eos, list) else eos
+    pad = next((p for p in (getattr(cfg, "pad_token_id", None), cfg.text_config.pad_token_id) if p is not None), eos)
+    return {"eos_token_id": eos, "pad_token_id": pad}
+
+
 def manifest_facts(ckpt: Checkpoint) -> dict:
     """The dimensions, the special tokens the runtime generates with, and with CLIP's text tower (IVTP) its
     positions: an instruction is encoded in windows of that many."""
-    eos = ckpt.llava.generation_config.eos_token_id
-    eos = eos[0] if isinstance(eos, list) else eos
-    pad = ckpt.llava.config.text_config.pad_token_id
-    facts = {**model_facts(ckpt), "eos_token_id": eos, "pad_token_id": pad if pad is not None else eos}
+    facts = {**model_facts(ckpt), **special_tokens(ckpt)}
     if ckpt.clip is not None:
         facts["clip_positions"] = ckpt.clip.config.text_config.max_position_embeddings
     return facts

@@ -80,16 +80,29 @@ def _word_counts(lines: Iterable[str], normalizer, pre_tokenizer) -> Counter:
 
 def train_llama_tokenizer(corpus_lines: Iterable[str]) -> Tokenizer:
     """LLaMA-style BPE: Metaspace "▁", byte fallback, <unk>/<s>/</s> = 0/1/2, <s> prepended."""
-    lines = list(corpus_lines)
-    # Learn on "▁word" pieces (split=True) like SentencePiece, so no merge spans a word boundary.
-    words = _word_counts(lines, None, pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True))
-    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]  # lets any UTF-8 text encode without <unk>
-    # Printable ASCII (space as "▁") plus anything else in the corpus, so plain text never falls back to bytes.
-    alphabet = sorted({chr(c) for c in range(0x21, 0x7F)} | {"▁"} | {ch for w in words for ch in w})
+    words = llama_words(corpus_lines)
     vocab, merges = _learn_merges(
-        Counter({tuple(w): c for w, c in words.items()}), LLAMA_SPECIALS + byte_tokens + alphabet, LLAMA_VOCAB_SIZE
+        Counter({tuple(w): c for w, c in words.items()}), llama_base_vocab(words), LLAMA_VOCAB_SIZE
     )
+    return llama_pipeline(vocab, merges)
 
+
+def llama_base_vocab(words: Counter) -> list[str]:
+    """<unk> <s> </s>, the 256 byte tokens <0x00>..<0xFF> (ids 3..258: any UTF-8 text encodes without <unk>),
+    then printable ASCII (space as "▁") plus anything else in the corpus, so plain text never falls back to bytes."""
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    alphabet = sorted({chr(c) for c in range(0x21, 0x7F)} | {"▁"} | {ch for w in words for ch in w})
+    return LLAMA_SPECIALS + byte_tokens + alphabet
+
+
+def llama_words(lines: Iterable[str]) -> Counter:
+    """The corpus as SentencePiece sees it: "▁word" pieces (split=True), so no merge spans a word boundary."""
+    return _word_counts(lines, None, pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True))
+
+
+def llama_pipeline(vocab: dict[str, int], merges: list) -> Tokenizer:
+    """A LLaMA SentencePiece-BPE tokenizer (as transformers converts it, legacy=False) over vocab/merges, with
+    <image> and <pad> added after the base vocabulary."""
     tok = Tokenizer(BPE(vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True, byte_fallback=True))
     # Same pipeline transformers' LlamaTokenizer (legacy=False) builds, so reloading is lossless.
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
@@ -131,15 +144,26 @@ def _clip_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
 
 def train_clip_tokenizer(corpus_lines: Iterable[str]) -> Tokenizer:
     """OpenAI-CLIP-style byte-level BPE with "</w>" word ends, wrapped as <|startoftext|> ... <|endoftext|>."""
-    words = _word_counts(corpus_lines, _clip_normalizer(), _clip_pre_tokenizer())
-    # As CLIP's BPE sees a word: its byte-level chars, the last one carrying the "</w>" suffix.
-    symbols = Counter({tuple(w[:-1]) + (w[-1] + "</w>",): c for w, c in words.items()})
-    chars = _bytes_to_unicode()
-    base = chars + [c + "</w>" for c in chars]  # every byte, mid-word and word-final: no <unk> ever
-    vocab, merges = _learn_merges(symbols, base, CLIP_VOCAB_SIZE - 2)
+    vocab, merges = _learn_merges(clip_words(corpus_lines), clip_base_vocab(), CLIP_VOCAB_SIZE - 2)
     vocab[CLIP_BOS] = len(vocab)  # specials last, as in CLIP (49406, 49407)
     vocab[CLIP_EOS] = len(vocab)
+    return clip_pipeline(vocab, merges)
 
+
+def clip_words(lines: Iterable[str]) -> Counter:
+    """The corpus as CLIP's BPE sees it: byte-level chars of each word, the last one carrying "</w>"."""
+    words = _word_counts(lines, _clip_normalizer(), _clip_pre_tokenizer())
+    return Counter({tuple(w[:-1]) + (w[-1] + "</w>",): c for w, c in words.items()})
+
+
+def clip_base_vocab() -> list[str]:
+    """Every byte, mid-word and word-final, in CLIP's order: no <unk> ever."""
+    chars = _bytes_to_unicode()
+    return chars + [c + "</w>" for c in chars]
+
+
+def clip_pipeline(vocab: dict[str, int], merges: list) -> Tokenizer:
+    """An OpenAI-CLIP tokenizer over vocab/merges (which must hold <|startoftext|> and <|endoftext|>)."""
     tok = Tokenizer(
         BPE(
             vocab=vocab,

@@ -1,5 +1,6 @@
 """The embedded "tiny" LLaVA-1.5-shaped checkpoint, its tokenizers and demo images."""
 
+import hashlib
 import math
 from pathlib import Path
 
@@ -102,6 +103,12 @@ def test_tokenizer_training_is_deterministic(raw_tokenizers):
     lines = load_corpus()
     assert train_llama_tokenizer(lines).to_str() == raw_tokenizers[0].to_str()
     assert train_clip_tokenizer(lines).to_str() == raw_tokenizers[1].to_str()
+
+
+def test_tokenizers_are_the_ones_the_cached_models_hold(raw_tokenizers):
+    """The embedded models' cache key does not cover the tokenizer code: its output is pinned here instead."""
+    digests = [hashlib.sha256(t.to_str().encode()).hexdigest()[:16] for t in raw_tokenizers]
+    assert digests == ["f068e71000ebe89e", "88cb9ca3715e2167"]
 
 
 def test_special_token_ids(raw_tokenizers):
