@@ -88,7 +88,7 @@ def export(cfg: ExportConfig, progress=lambda msg: print(msg, file=sys.stderr, f
     return out
 
 
-def base_manifest(cfg: ExportConfig, ckpt: Checkpoint, plan: MethodPlan, tmp: Path, dtype: str) -> Manifest:
+def base_manifest(cfg: ExportConfig, ckpt: Checkpoint, plan: MethodPlan, tmp: Path, dtype: str = "fp32") -> Manifest:
     """The manifest before any graph is exported, rooted at `tmp`, where the tokenizers are copied."""
     (tmp / "tokenizer").mkdir()
     shutil.copyfile(ckpt.model_dir / "tokenizer.json", tmp / "tokenizer" / "llm.json")

@@ -64,24 +64,25 @@ def llava_hf(tmp_path_factory):
     return build_llava_hf_pair(tmp_path_factory.mktemp("llava-hf") / "pair")
 
 
-def _export(tmp_path_factory, method, opset, **knobs):
+def _export(tmp_path_factory, method, opset, dtype, **knobs):
     from export.methods.registry import get_method
     from export.pipeline import ExportConfig, export
     out = tmp_path_factory.mktemp("engines") / method
     cfg = get_method(method).config_type(**knobs)
-    return export(ExportConfig(method=method, model="tiny", out=out, method_config=cfg, opset=opset),
+    return export(ExportConfig(method=method, model="tiny", out=out, method_config=cfg, opset=opset, dtype=dtype),
                   progress=lambda m: None)
 
 
 @pytest.fixture(scope="session")
 def exported(tiny, tmp_path_factory):
-    """exported(method, opset=23, **knobs) -> engine dir of the tiny model; each combination is exported once."""
+    """exported(method, opset=23, dtype=None, **knobs) -> engine dir of the tiny model; each combination is
+    exported once."""
     cache = {}
 
-    def get(method, opset=23, **knobs):
-        key = (method, opset, tuple(sorted(knobs.items())))
+    def get(method, opset=23, dtype=None, **knobs):
+        key = (method, opset, dtype, tuple(sorted(knobs.items())))
         if key not in cache:
-            cache[key] = _export(tmp_path_factory, method, opset, **knobs)
+            cache[key] = _export(tmp_path_factory, method, opset, dtype, **knobs)
         return cache[key]
     return get
 

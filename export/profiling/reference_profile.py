@@ -63,7 +63,7 @@ def profile_method(name: str, ckpt: Checkpoint, device: str, dtype, runs: int, m
     method = get_method(name)
     plan = method.build(ckpt, method.config_type())
     with tempfile.TemporaryDirectory() as tmp:
-        manifest = base_manifest(ExportConfig(name, "tiny", Path(tmp)), ckpt, plan, Path(tmp), "fp32")
+        manifest = base_manifest(ExportConfig(name, "tiny", Path(tmp)), ckpt, plan, Path(tmp))
         generator = Generator(manifest, {g: TorchRunner(g, graph, device=device, dtype=dtype)
                                          for g, graph in plan.graphs.items()})
         if plan.calibrate:  # ATP: thresholds for this model, as export would set them

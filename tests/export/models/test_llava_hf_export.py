@@ -27,6 +27,7 @@ def engines(engine_dir):
 
 def test_the_manifest_carries_llava_hf_s_tokens(engine_dir, llava_hf):
     m = read_manifest(engine_dir)
+    assert m["dtype"] == "fp16"  # the checkpoint's own: llava-hf stores fp16
     model = m["model"]
     assert (model["image_token_id"], model["pad_token_id"], model["eos_token_id"], model["vocab_size"]) == (
         32000, 32001, 2, 32064)
