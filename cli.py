@@ -280,8 +280,9 @@ def cmd_check(args) -> int:
 def add_build(sub):
     b = sub.add_parser("build", help="build TensorRT plans (one per graph) from an exported engine dir")
     b.add_argument("engine_dir", type=Path)
-    b.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8", "fp8"], required=True,
-                   help="fp16/bf16 need TensorRT 10.x; int8/fp8 need Q/DQ graphs")
+    b.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8", "fp8"],
+                   help="default: the graphs' own dtype (export --dtype), built strongly typed; fp16/bf16 from fp32 "
+                   "graphs need TensorRT 10.x (11 builds only what the graph says); int8/fp8 need Q/DQ graphs")
     b.add_argument("--out", type=Path, help="engine dir to write (default: ENGINE_DIR.trt)")
     b.add_argument("--force", action="store_true", help="replace --out if it exists")
     b.add_argument("--workspace", type=int, default=4096, help="TensorRT workspace limit in MiB")

@@ -78,6 +78,10 @@ def calibrate(cfg: CalibrationConfig, progress=lambda m: print(m, file=sys.stder
     if source.quantization is not None:
         raise ConfigError(f"{cfg.engine_dir} is already quantized ({source.quantization['precision']}); "
                           "calibrate the fp32 engine dir it came from")
+    if source.dtype != "fp32":
+        raise ConfigError(f"{cfg.engine_dir} was exported --dtype {source.dtype}; INT8 calibration starts from fp32 "
+                          "graphs (its scales and its fidelity report are taken against them): export again with "
+                          "--dtype fp32")
     data = load_calibration_set(cfg.data, cfg.max_requests, cfg.held_out)
     if cfg.keep_fp32 is None:
         cfg = replace(cfg, keep_fp32=default_keep_fp32(source))

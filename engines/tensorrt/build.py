@@ -1,11 +1,14 @@
 """ONNX graph -> TensorRT plan, polygraphy style: NetworkFromOnnxPath -> CreateConfig -> EngineBytesFromNetwork.
 
-Precision, by TensorRT major version:
+Precision follows the graph. An fp16/bf16 graph (export --dtype) is built strongly typed, exactly as its types
+say, on every TensorRT: its fp32 islands (norms, softmax, pruning scores) are casts in the graph itself. An fp32
+graph, by TensorRT major version:
 - 10.x (weakly typed; JetPack's): fp16/bf16 builder flags, with LayerNorm, softmax and reductions pinned
   to fp32 under obey_precision_constraints; int8/fp8 flags over Q/DQ graphs.
 - 11.x (strongly typed only: the fp16/bf16/int8 flags and precision constraints are gone): fp32, or
-  int8/fp8 from Q/DQ graphs; fp16/bf16 need graphs converted to that type first.
+  int8/fp8 from Q/DQ graphs; an fp16 plan needs an fp16 graph (export --dtype fp16).
 """
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
@@ -26,9 +29,22 @@ def check_precision(precision: str):
         raise EngineConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
-def config_options(precision: str, trt_major: int, quantized: bool) -> tuple[dict, bool]:
-    """(CreateConfig keyword arguments, whether to pin norms to fp32) for a precision on a TensorRT major."""
+@dataclass(frozen=True)
+class BuildOptions:
+    config: dict = field(default_factory=dict)  # CreateConfig keyword arguments
+    pin_norms: bool = False  # weakly typed fp16/bf16: keep norms, softmax and reductions in fp32
+    strongly_typed: bool = False  # build the graph's own types (TensorRT 11 networks always are)
+
+
+def config_options(precision: str, trt_major: int, quantized: bool, graph_dtype: str = "fp32") -> BuildOptions:
+    """How to build `precision` from graphs of `graph_dtype` on a TensorRT major."""
     check_precision(precision)
+    if graph_dtype != "fp32":
+        if precision != graph_dtype:
+            raise EngineConfigError(f"these graphs were exported --dtype {graph_dtype} and TensorRT builds them as their "
+                                    f"types say: build --precision {graph_dtype}, or export again with --dtype "
+                                    f"{precision if precision in ('fp32', 'fp16', 'bf16') else 'fp32'} first")
+        return BuildOptions(strongly_typed=trt_major < 11)
     if precision in ("int8", "fp8") and not quantized:
         raise EngineConfigError(f"--precision {precision} needs graphs with Q/DQ nodes (TensorRT takes explicit "
                                 "quantization only) and this engine dir has none: quantize it first (`cli.py "
@@ -36,13 +52,12 @@ def config_options(precision: str, trt_major: int, quantized: bool) -> tuple[dic
     if trt_major >= 11:
         if precision in ("fp16", "bf16"):
             raise EngineConfigError(f"TensorRT {trt_major}.x builds strongly typed networks only (it removed the "
-                                    "fp16/bf16 builder flags), so --precision fp16/bf16 needs graphs already converted "
-                                    "to that type; build --precision fp32, or use TensorRT 10.x (JetPack's), or convert "
-                                    "the graphs first (ModelOpt AutoCast)")
-        return {}, False  # strong typing: the graph's own types (and Q/DQ) decide
+                                    f"fp16/bf16 builder flags) and these graphs are fp32: export again with --dtype "
+                                    f"{precision} for a {precision} plan, or build --precision fp32")
+        return BuildOptions()  # strong typing: the graph's own types (and Q/DQ) decide
     if precision in ("fp16", "bf16"):
-        return {precision: True, "precision_constraints": "obey"}, True
-    return ({precision: True} if precision != "fp32" else {}), False
+        return BuildOptions({precision: True, "precision_constraints": "obey"}, pin_norms=True)
+    return BuildOptions({precision: True} if precision != "fp32" else {})
 
 
 def keep_norms_in_fp32(network):
@@ -58,7 +73,7 @@ def keep_norms_in_fp32(network):
                 layer.set_output_type(i, trt.float32)
 
 
-def plan_loader(onnx_path, profile: dict, options: dict, pin_norms: bool, workspace_mb: int, timing_cache):
+def plan_loader(onnx_path, profile: dict, options: BuildOptions, workspace_mb: int, timing_cache):
     """Loader chain ONNX file -> serialized plan, composed lazily (nothing runs until it is called).
     profile: {input name: (min shape, opt shape, max shape)}."""
     import tensorrt as trt
@@ -69,23 +84,22 @@ def plan_loader(onnx_path, profile: dict, options: dict, pin_norms: bool, worksp
         PostprocessNetwork,
         Profile,
     )
-    network = NetworkFromOnnxPath(str(onnx_path))
-    if pin_norms:
+    network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=options.strongly_typed or None)
+    if options.pin_norms:
         network = PostprocessNetwork(network, keep_norms_in_fp32, "keep norms in fp32")
     trt_profile = Profile()
     for name, (low, opt, high) in profile.items():
         trt_profile.add(name, low, opt, high)
     config = CreateConfig(profiles=[trt_profile], load_timing_cache=str(timing_cache),
-                          memory_pool_limits={trt.MemoryPoolType.WORKSPACE: workspace_mb << 20}, **options)
+                          memory_pool_limits={trt.MemoryPoolType.WORKSPACE: workspace_mb << 20}, **options.config)
     return EngineBytesFromNetwork(network, config, save_timing_cache=str(timing_cache))
 
 
-def build_plan(onnx_path: Path, profile: dict, options: dict, pin_norms: bool, workspace_mb: int,
-               timing_cache: Path) -> bytes:
+def build_plan(onnx_path: Path, profile: dict, options: BuildOptions, workspace_mb: int, timing_cache: Path) -> bytes:
     """The plan's bytes, or an EngineBuildError that names the graph and where to look."""
     from polygraphy.exception import PolygraphyException
     try:
-        return plan_loader(onnx_path, profile, options, pin_norms, workspace_mb, timing_cache)()
+        return plan_loader(onnx_path, profile, options, workspace_mb, timing_cache)()
     except PolygraphyException as e:
         raise EngineBuildError(f"TensorRT could not build {Path(onnx_path).name}: {e}. TensorRT's log above names the "
                                "layer; `cli.py check` lists what it refuses, and a larger --workspace helps when "

@@ -23,14 +23,14 @@ from runtime.tensorrt.profiles import ProfileConfig, manifest_profiles
 
 @dataclass(frozen=True)
 class BuildConfig:
-    precision: str = "fp16"
+    precision: str | None = None  # None: the graphs' own dtype (export --dtype)
     workspace_mb: int = 4096
     max_batch: int = 4
     timing_cache: Path | None = None  # default: one file per TensorRT version in the prunevlm cache dir
     force: bool = False
 
     def __post_init__(self):
-        if self.precision not in PRECISIONS:
+        if self.precision is not None and self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.workspace_mb < 1:
             raise ConfigError(f"--workspace is TensorRT's scratch memory in MiB and must be at least 1, got "
@@ -58,7 +58,8 @@ def build_engine_dir(src, out=None, cfg: BuildConfig = BuildConfig(), progress=p
     profiles = manifest_profiles(manifest, ProfileConfig(max_batch=cfg.max_batch))
     trt = require_tensorrt()
     quantized = cfg.precision in ("int8", "fp8") and any(has_qdq(manifest.graph_file(g)) for g in manifest.graphs)
-    options, pin_norms = config_options(cfg.precision, version_of(trt)[0], quantized)
+    precision = cfg.precision or manifest.dtype
+    options = config_options(precision, version_of(trt)[0], quantized, manifest.dtype)
     errors = [p for p in check_engine_dir(src, version_of(trt)) if p.kind == "error"]
     if errors:
         raise EngineDirError(f"{src} has graphs TensorRT will refuse:\n{format_problems(errors, src)}")
@@ -68,12 +69,11 @@ def build_engine_dir(src, out=None, cfg: BuildConfig = BuildConfig(), progress=p
         built = _without_graphs(manifest, tmp)
         built.engines = {}
         for i, (name, profile) in enumerate(profiles.items(), 1):
-            progress(f"[build] {i}/{len(profiles)} {name}: {cfg.precision}, {len(profile)} dynamic inputs")
+            progress(f"[build] {i}/{len(profiles)} {name}: {precision}, {len(profile)} dynamic inputs")
             plan = f"{name}.plan"
-            (tmp / plan).write_bytes(build_plan(manifest.graph_file(name), profile, options, pin_norms,
-                                                cfg.workspace_mb, cache))
+            (tmp / plan).write_bytes(build_plan(manifest.graph_file(name), profile, options, cfg.workspace_mb, cache))
             shapes = {k: {"min": list(v[0]), "opt": list(v[1]), "max": list(v[2])} for k, v in profile.items()}
-            built.engines[name] = PlanRecord(plan, cfg.precision, [shapes])
+            built.engines[name] = PlanRecord(plan, precision, [shapes])
         built.versions = {**built.versions, "tensorrt": trt.__version__}
         built.built_from = str(Path(src).resolve())
         save_manifest(built, tmp)

@@ -16,4 +16,13 @@ def check_engine_dir(engine_dir, trt_version: tuple | None | str = "installed") 
                              "exported ONNX engine dir it was built from instead")
     version = installed_version() if trt_version == "installed" else trt_version
     ranged = {d for record in manifest.graphs.values() for d in record.dims}  # dim names mean the same in every graph
-    return [p for name in manifest.graphs for p in check_onnx_file(name, manifest.graph_file(name), version, ranged)]
+    problems = [p for name in manifest.graphs for p in check_onnx_file(name, manifest.graph_file(name), version, ranged)]
+    return problems + precision_notes(manifest.dtype, version)
+
+
+def precision_notes(dtype: str, version: tuple | None) -> list[Problem]:
+    """TensorRT 11 builds only what a graph's types say: from fp32 graphs, fp32 plans (or int8/fp8 via Q/DQ)."""
+    if dtype != "fp32" or version is None or version[0] < 11:
+        return []
+    return [Problem("*", "strongly-typed", f"TensorRT {version[0]}.x builds these fp32 graphs as fp32 plans only (no "
+                    "fp16/bf16 builder flags): export again with --dtype fp16 for fp16 plans", kind="warning")]

@@ -211,6 +211,12 @@ def test_bad_data_path_exits_2_and_writes_nothing(exported, tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_fp16_export_is_refused_before_anything_is_written(exported, tmp_path, capsys):
+    code = cli.main(["calibrate", str(exported("ivtp", dtype="fp16")), "--out", str(tmp_path / "int8")])
+    assert code == 2 and "was exported --dtype fp16" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_folder_without_prompts_is_refused_before_anything_is_written(exported, tmp_path, capsys):
     data = tmp_path / "photos"
     data.mkdir()

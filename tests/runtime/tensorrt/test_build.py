@@ -13,7 +13,7 @@ import cli
 from engines.errors import EngineConfigError
 from engines.tensorrt import availability
 from engines.tensorrt.availability import TensorRTUnavailable, require_tensorrt
-from engines.tensorrt.build import config_options
+from engines.tensorrt.build import BuildOptions, config_options
 from runtime.errors import ConfigError, EngineDirError
 from runtime.load import open_engine_dir
 from runtime.tensorrt.build import BuildConfig, build_engine_dir
@@ -84,14 +84,22 @@ def test_bad_build_arguments_exit_2_before_anything_is_written(none_dir, tmp_pat
 
 
 def test_precision_options_per_tensorrt_major():
-    assert config_options("fp16", 10, False) == ({"fp16": True, "precision_constraints": "obey"}, True)
-    assert config_options("bf16", 10, False) == ({"bf16": True, "precision_constraints": "obey"}, True)
-    assert config_options("fp32", 10, False) == ({}, False)
-    assert config_options("int8", 10, True) == ({"int8": True}, False)
-    assert config_options("fp8", 11, True) == ({}, False)  # strongly typed: Q/DQ decide
-    assert config_options("fp32", 11, False) == ({}, False)
-    with pytest.raises(EngineConfigError, match="strongly typed.*--precision fp32"):
+    assert config_options("fp16", 10, False) == BuildOptions({"fp16": True, "precision_constraints": "obey"}, True)
+    assert config_options("bf16", 10, False) == BuildOptions({"bf16": True, "precision_constraints": "obey"}, True)
+    assert config_options("fp32", 10, False) == BuildOptions()
+    assert config_options("int8", 10, True) == BuildOptions({"int8": True})
+    assert config_options("fp8", 11, True) == BuildOptions()  # strongly typed: Q/DQ decide
+    assert config_options("fp32", 11, False) == BuildOptions()
+    with pytest.raises(EngineConfigError, match="strongly typed.*export again with --dtype fp16.*--precision fp32"):
         config_options("fp16", 11, False)
+
+
+def test_graphs_exported_in_fp16_build_as_their_types_say_on_every_tensorrt():
+    assert config_options("fp16", 10, False, "fp16") == BuildOptions(strongly_typed=True)  # no flags, no pinning
+    assert config_options("fp16", 11, False, "fp16") == BuildOptions()  # 11's networks are strongly typed anyway
+    with pytest.raises(EngineConfigError, match="exported --dtype fp16.*build --precision fp16, or export again "
+                                                "with --dtype fp32"):
+        config_options("fp32", 11, False, "fp16")
     with pytest.raises(EngineConfigError, match="needs graphs with Q/DQ"):
         config_options("int8", 10, False)
     with pytest.raises(ConfigError, match="one of fp32, fp16, bf16, int8, fp8"):
@@ -154,6 +162,23 @@ def test_built_plans_run_and_match_onnx_runtime(none_dir, tmp_path, precision):
     assert token_mismatches(want, want_logits, got, got_logits) == [None, None]
     if precision == "fp32":
         assert [g.token_ids for g in got] == [w.token_ids for w in want]
+
+
+@pytest.mark.gpu
+@needs_tensorrt_gpu
+def test_an_fp16_export_builds_strongly_typed_and_matches_its_onnx_runtime_run(exported, tmp_path):
+    """The TensorRT 11 path (and 10's strongly typed one): precision from the graph, nothing to choose."""
+    fp16_dir = exported("none", dtype="fp16")
+    out = build_engine_dir(fp16_dir, tmp_path / "built", BuildConfig(max_batch=2), progress=lambda m: None)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {e["precision"] for e in manifest["engines"].values()} == {"fp16"}
+    from runtime.request import Request
+    requests = [Request(IMAGES / "chelsea.jpg", PROMPTS[1]), Request(IMAGES / "coffee.jpg", PROMPTS[2])]
+    want, want_logits, _ = generate_with_logits(open_engine_dir(fp16_dir, "cpu"), requests, 6)
+    got, got_logits, _ = generate_with_logits(open_engine_dir(out), requests, 6)
+    assert token_mismatches(want, want_logits, got, got_logits) == [None, None]
+    with pytest.raises(EngineConfigError, match="exported --dtype fp16"):
+        build_engine_dir(fp16_dir, tmp_path / "other", BuildConfig(precision="fp32"))
 
 
 def test_the_step_logits_the_tensorrt_test_compares_are_the_ones_tokens_came_from(none_dir):

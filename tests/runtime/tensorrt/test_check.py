@@ -65,6 +65,13 @@ def test_the_exported_none_dir_passes_and_only_warns_that_attention_needs_10_14(
     assert not failed(problems) and failed(problems, strict=True)
 
 
+def test_tensorrt_11_is_told_that_fp32_graphs_make_fp32_plans_and_fp16_graphs_are_clean(none_dir, exported):
+    problems = check_engine_dir(none_dir, trt_version=(11, 0))
+    assert [(p.kind, p.rule) for p in problems] == [("warning", "strongly-typed")]
+    assert "export again with --dtype fp16" in problems[0].message
+    assert check_engine_dir(exported("ivtp", dtype="fp16"), trt_version=(11, 0)) == []
+
+
 def test_the_exported_ivtp_dir_is_clean_for_tensorrt_10_14(ivtp_dir):
     """Top-k and its ascending sort both use a constant k, and integer I/O is int32."""
     assert check_engine_dir(ivtp_dir, trt_version=(10, 14)) == []
