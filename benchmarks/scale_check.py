@@ -264,7 +264,11 @@ def layer_graphs(entry: dict) -> list[str]:
 def extrapolate(entry: dict, layers: int, wb: dict) -> dict:
     """The 32-layer numbers from the `layers`-layer ones. Exact: the engine dir's size, adding the geometry's
     bytes per decoder layer times the copies of the layers the dir holds (measured from the graphs' weights).
-    Estimates, linear in bytes: verify's and start's times, run's peak RSS (every graph is opened at start).
+    Estimates, linear in bytes: verify's and start's times. Run's peak RSS: the measured one plus the added bytes
+    times run's RSS over the engine dir's bytes, rounded (the weights held whole, the rest not growing: fp16 on
+    ONNX Runtime CPU is held at fp32 size, 2). Export's peak RSS: the measured one plus, per added layer, its bytes
+    once in torch (the checkpoint) and once in the decode graph's validation session at that multiple: the
+    largest graph, where the peak is assumed to be (not measured).
     Estimates, linear in layers: the decoder-layer share of the prefill segments' and the decode graph's time
     (decode's share by bytes, as a decode step reads every weight once: the LM head does not grow); the vision
     tower, text encoder, embedding and Python stay as measured."""
@@ -280,7 +284,11 @@ def extrapolate(entry: dict, layers: int, wb: dict) -> dict:
         out["start_s"] = s["wall_s"] * scale
         out["open_s"] = s["open_s"] * scale
     if (r := entry.get("run", {})).get("exit_code") == 0:
-        out["run_peak_rss_bytes"] = r["peak_rss_bytes"] + added
+        out["run_rss_multiple"] = r["peak_rss_bytes"] / disk
+        held = max(1, round(out["run_rss_multiple"]))
+        out["run_peak_rss_bytes"] = r["peak_rss_bytes"] + added * held
+        if (ex := entry.get("export", {})).get("exit_code") == 0:
+            out["export_peak_rss_bytes"] = ex["peak_rss_bytes"] + extra * per_layer * (1 + held)
         t = r["timings_ms"]
         prefill_layers_ms = sum(t.get(g, 0.0) for g in layer_graphs(entry) if g != "decode")
         out["prefill_ms"] = r["prefill_ms"] + prefill_layers_ms * extra / layers
@@ -318,6 +326,12 @@ def status(step: dict | None) -> str | None:
     return None
 
 
+def rss_with_multiple(run: dict, engine_dir: dict) -> str:
+    if not run.get("peak_rss_bytes"):
+        return "-"
+    return f"{gib(run['peak_rss_bytes'])} ({run['peak_rss_bytes'] / engine_dir['bytes']:.2f})"
+
+
 def visual_tokens(engine_dir: dict, run: dict) -> str:
     """Into the LLM, and (where the LLM prunes) what its last layers see, e.g. 120 -> 64."""
     into = engine_dir.get("vision_tokens_out")
@@ -327,7 +341,7 @@ def visual_tokens(engine_dir: dict, run: dict) -> str:
 
 def tables(results: dict) -> list[str]:
     rows = ["| dtype | method | visual tokens into LLM (-> last layers) | export wall | export peak RSS GiB | engine dir GiB "
-            "(x fp16 weights) | start s (open) | run peak RSS GiB | prefill ms | decode ms/token | KV cache MiB "
+            "(x fp16 weights) | start s (open) | run peak RSS GiB (x engine dir) | prefill ms | decode ms/token | KV cache MiB "
             "| verify s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     notes = []
     for e in results["entries"]:
@@ -340,7 +354,7 @@ def tables(results: dict) -> list[str]:
             f"| {fmt(ex.get('wall_s') / 60 if ex.get('wall_s') else None, '{:.1f} min')} "
             f"| {gib(ex.get('peak_rss_bytes'))}{'' if ok(ex) else ' (failed)'} | {disk} "
             f"| {fmt(st.get('wall_s') if ok(st) else None, '{:.1f}')} ({fmt(st.get('open_s'), '{:.1f}')}) "
-            f"| {gib(ru.get('peak_rss_bytes') if ok(ru) else None)} | {fmt(ru.get('prefill_ms'))} "
+            f"| {rss_with_multiple(ru if ok(ru) else {}, ed)} | {fmt(ru.get('prefill_ms'))} "
             f"| {fmt(ru.get('decode_ms_per_token'), '{:.1f}')} | {fmt(ru.get('kv_cache_bytes') and ru['kv_cache_bytes'] / 2**20, '{:.1f}')} "
             f"| {fmt(ve.get('wall_s') if ok(ve) else None, '{:.1f}')} |")
         for step in ("export", "start", "run", "verify"):
@@ -351,13 +365,14 @@ def tables(results: dict) -> list[str]:
     if ext:
         out += ["", f"**Extrapolated to {REAL_LAYERS} layers** (not measured):", "",
                 "| dtype | method | engine dir GiB (x 32-layer fp16 weights) | decoder layer copies on disk "
-                "| run peak RSS GiB | start s | verify s | prefill ms | decode ms/token | KV cache MiB |",
-                "|---|---|---|---|---|---|---|---|---|---|"]
+                "| export peak RSS GiB (estimate) | run peak RSS GiB | start s | verify s | prefill ms | decode ms/token | KV cache MiB |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
         for e in ext:
             x = e["extrapolated"]
             ref = e["reference_fp16_bytes_32"]
             out.append(f"| {e['dtype']} | {e['method']} | {gib(x['engine_dir_bytes'])} ({x['engine_dir_bytes'] / ref:.3f}) "
-                       f"| {e['layer_copies']} | {gib(x.get('run_peak_rss_bytes'))} | {fmt(x.get('start_s'), '{:.1f}')} "
+                       f"| {e['layer_copies']} | {gib(x.get('export_peak_rss_bytes'))} "
+                       f"| {gib(x.get('run_peak_rss_bytes'))} | {fmt(x.get('start_s'), '{:.1f}')} "
                        f"| {fmt(x.get('verify_s'), '{:.1f}')} | {fmt(x.get('prefill_ms'))} "
                        f"| {fmt(x.get('decode_ms_per_token'), '{:.1f}')} "
                        f"| {fmt(x.get('kv_cache_bytes') and x['kv_cache_bytes'] / 2**20, '{:.1f}')} |")
@@ -370,6 +385,10 @@ def section(results: dict) -> list[str]:
     warning = [] if results["geometry_name"] == "llava-1.5-7b" else [
         f"**Geometry {results['geometry_name']}, not LLaVA-1.5-7B's: a trial of the script, not a measurement.**", ""]
     geometry = "" if not warning else f" --geometry {results['geometry_name']}"
+    seen = sorted({e["layer_copies"] for e in results["entries"] if "layer_copies" in e})
+    copies = f": {' or '.join(f'{c:g}' for c in seen)} here" if seen else ""
+    if seen == [2]:
+        copies += ", the prefill segments and the decode graph each carrying their own"
     return [
         SECTION, "", *warning,
         f"LLaVA-1.5-7B's widths (LLM hidden {g['llm_hidden']}, MLP {g['llm_intermediate']}, vocab 32064; ViT "
@@ -401,16 +420,39 @@ def section(results: dict) -> list[str]:
         f"What scales with the decoder layers, and how the {REAL_LAYERS}-layer row is made: a decoder layer is "
         f"exactly {wb['decoder_layer_fp32']:,} bytes in fp32 and {wb['decoder_layer_fp16']:,} in fp16 (from the "
         f"geometry); the engine dir's size adds {REAL_LAYERS - L} of them times the number of copies of the decoder "
-        f"layers the dir holds (counted from the graphs' initializers), so that column is exact up to graph overhead. "
-        f"Run's peak RSS adds the same bytes (every graph is opened at start); verify's and start's times are scaled "
-        f"by the bytes. Prefill and decode add the decoder engines' measured ms per layer "
-        f"(vision tower, text encoder and embedding stay as measured); for IVTP the {REAL_LAYERS}-layer schedule "
-        f"(W 12, four groups) differs from the {L}-layer one, so its prefill is rougher. The KV cache is extrapolated "
-        f"for `none` only (linear in layers; IVTP's depends on its schedule). Export's peak RSS and wall time are not "
-        f"extrapolated; at {REAL_LAYERS} layers they grow with the weights (the checkpoint in torch, each graph's "
-        f"ONNX weights and its validation session).",
+        f"layers the dir holds (counted from the graphs' initializers{copies}), so that column is exact up to graph "
+        f"overhead. "
+        f"Estimates: verify's and start's times are scaled by the engine dir's bytes. Run's peak RSS adds the added "
+        f"bytes times run's RSS over the engine dir's bytes rounded to a whole number (every graph's weights are held "
+        f"from start; fp16's at fp32 size, below), the rest taken not to grow. Export's peak RSS is the measured one "
+        f"plus, per added layer, its bytes once in torch (the checkpoint) and once in the decode graph's validation "
+        f"session at that multiple (the decode graph holds every layer: the largest graph, where the peak is assumed "
+        f"to be, not measured). Prefill adds the prefill segments' "
+        f"measured ms per layer, decode the decode graph's, its layers' share by bytes (the LM head does not grow); "
+        f"the vision tower, text encoder, embedding and Python stay as measured. For IVTP the {REAL_LAYERS}-layer "
+        f"schedule (W 12, four groups) differs from the {L}-layer one, so its prefill is rougher. The KV cache is "
+        f"extrapolated for `none` only (linear in layers; IVTP's depends on its schedule). Export's wall time is "
+        f"not extrapolated.",
         "",
+        *memory_note(results),
     ]
+
+
+def memory_note(results: dict) -> list[str]:
+    """Run's peak RSS over the engine dir's bytes, per dtype; and why fp16's is about twice, where it is."""
+    multiples = {}
+    for e in results["entries"]:
+        if (r := e.get("run") or {}).get("exit_code") == 0 and e.get("engine_dir"):
+            multiples.setdefault(e["dtype"], []).append(r["peak_rss_bytes"] / e["engine_dir"]["bytes"])
+    if not multiples:
+        return []
+    parts = [f"{d} {min(m):.2f}-{max(m):.2f}x" if len(m) > 1 else f"{d} {m[0]:.2f}x" for d, m in multiples.items()]
+    note = f"Run's peak RSS over the engine dir's bytes: {', '.join(parts)}."
+    if min(multiples.get("fp16", [0])) > 1.6:
+        note += (" ONNX Runtime's CPU provider has no fp16 MatMul kernel here: it inserts casts and folds each fp16 "
+                 "weight into an fp32 copy at session creation (seen in the optimized model of a one-MatMul fp16 "
+                 "graph), so on CPU an fp16 engine dir halves the disk and the verify time, not the memory.")
+    return [note, ""]
 
 
 def replace_section(text: str, lines: list[str]) -> str:
@@ -526,6 +568,9 @@ def main(argv=None) -> int:
 
 
 def report(results: dict, write_benchmarks: bool) -> int:
+    for entry in results["entries"]:  # from the measurements, so an older results file gets today's arithmetic
+        if entry.get("engine_dir"):
+            entry["extrapolated"] = extrapolate(entry, results["layers"], results["weight_bytes"])
     lines = section(results)
     print("\n".join(lines))
     if write_benchmarks:
