@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.scale_check import carry_section
 from export.profiling.benchmark import page, plot, run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,7 +27,8 @@ def main(argv=None) -> int:
     (args.out / "reports.json").write_text(json.dumps(reports, indent=1))
     plot(reports, ROOT / "assets" / "benchmarks.png")
     lines = page(reports, args.model, args.runs, args.max_new_tokens, started, "assets/benchmarks.png")
-    (ROOT / "BENCHMARKS.md").write_text("\n".join(lines))
+    path = ROOT / "BENCHMARKS.md"
+    path.write_text(carry_section(path.read_text() if path.is_file() else "", "\n".join(lines)))
     print("\n".join(lines))
     return 0
 
