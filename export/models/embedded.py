@@ -128,25 +128,34 @@ def embedded_model(name: str = "tiny", cache_dir: Path | str | None = None) -> E
     spec = SPECS[name]
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     final = cache_dir / f"{name}-{spec_digest(spec)[:12]}"
-    if not final.is_dir():
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        print(f"building embedded model {name!r} into {final} (one-off, a few seconds)", file=sys.stderr)
-        # Build aside and rename into place: the final dir only ever exists complete.
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-building-", dir=cache_dir))
-        try:
-            with _quiet_progress_bars():
-                build_checkpoint(spec, tmp)
-            os.chmod(tmp, 0o755)  # mkdtemp makes it private
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                if not final.is_dir():
-                    raise
-                shutil.rmtree(tmp)  # another process won the race; its copy is identical
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+
+    def build(tmp: Path):
+        with _quiet_progress_bars():
+            build_checkpoint(spec, tmp)
+    build_once(final, build, f"building embedded model {name!r} into {final} (one-off, a few seconds)")
     return EmbeddedCheckpoint(model_dir=final / "llava", clip_dir=final / "clip")
+
+
+def build_once(final: Path, build, announce: str) -> None:
+    """Unless `final` exists, says `announce` and runs build(dir) into a private dir beside it, then renames that
+    into place: `final` only ever exists complete, and a failed build leaves nothing."""
+    if final.is_dir():
+        return
+    final.parent.mkdir(parents=True, exist_ok=True)
+    print(announce, file=sys.stderr, flush=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-building-", dir=final.parent))
+    try:
+        build(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():
+                raise
+            shutil.rmtree(tmp)  # another process won the race; its copy is identical
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 @contextlib.contextmanager

@@ -5,13 +5,10 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import shutil
-import sys
-import tempfile
 from pathlib import Path
 
-from export.models.embedded import EmbeddedCheckpoint, default_cache_dir
+from export.models.embedded import EmbeddedCheckpoint, build_once, default_cache_dir
 from export.models.llava_hf_layout import (
     LLAVA_1_5_7B,
     LlavaHfGeometry,
@@ -39,23 +36,13 @@ def real_geometry_model(name: str, cache_dir: Path | str | None = None) -> Embed
     geometry = GEOMETRIES[name]
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     digest = hashlib.sha256(json.dumps([dataclasses.asdict(geometry), LAYOUT_VERSION]).encode()).hexdigest()[:12]
-    final = cache_dir / f"{name}-{digest}"
+    final, need = cache_dir / f"{name}-{digest}", checkpoint_bytes(geometry)
     if not final.is_dir():
         cache_dir.mkdir(parents=True, exist_ok=True)
-        need, free = checkpoint_bytes(geometry), shutil.disk_usage(cache_dir).free
+        free = shutil.disk_usage(cache_dir).free
         if need * 1.05 > free:
             raise ConfigError(f"--model {name} is built once into {cache_dir}, which needs {need / 1e9:.1f} GB and has "
                               f"{free / 1e9:.1f} GB free; free some space or point PRUNEVLM_CACHE elsewhere")
-        print(f"building {name} into {final} (one-off: {need / 1e9:.1f} GB of random weights at the real geometry)",
-              file=sys.stderr, flush=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-building-", dir=cache_dir))  # complete before it is named
-        try:
-            build_llava_hf_pair(tmp / "pair", geometry)
-            try:
-                os.rename(tmp / "pair", final)
-            except OSError:
-                if not final.is_dir():
-                    raise  # else another process finished first; its copy is identical
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    build_once(final, lambda tmp: build_llava_hf_pair(tmp, geometry),
+               f"building {name} into {final} (one-off: {need / 1e9:.1f} GB of random weights at the real geometry)")
     return EmbeddedCheckpoint(model_dir=final / "llava", clip_dir=final / "clip")
