@@ -22,11 +22,10 @@ from export.graphs.validate import TOLERANCES, Agreement, compare
 from export.methods.registry import MethodPlan, get_method
 from export.models.checkpoint import Checkpoint, load_checkpoint, resolve_model_dirs
 from export.models.dtypes import DTYPES, resolve_dtype
-from export.models.embedded import SPECS
 from export.models.facts import manifest_facts
 from runtime.engine_dir import check_destination, staged_engine_dir
 from runtime.errors import ConfigError
-from runtime.feeds import cast_floats
+from runtime.feeds import cast_floats, float_inputs
 from runtime.generator import Generator
 from runtime.manifest import GraphRecord, Manifest, TensorRecord, save_manifest
 from runtime.preprocess import ImagePreprocessConfig
@@ -59,7 +58,7 @@ def export(cfg: ExportConfig, progress=lambda msg: print(msg, file=sys.stderr, f
     method = get_method(cfg.method)
     t0 = time.perf_counter()
     model_dir, _ = resolve_model_dirs(cfg.model, cfg.clip)
-    dtype = resolve_dtype(cfg.dtype, model_dir, embedded=cfg.model in SPECS)
+    dtype = resolve_dtype(cfg.dtype, model_dir)
     progress(f"[export] loading checkpoint {cfg.model} in {dtype}")
     ckpt = load_checkpoint(cfg.model, cfg.clip, method.needs_clip, DTYPES[dtype])
     plan = method.build(ckpt, cfg.method_config)
@@ -133,5 +132,5 @@ def _validate(name, path: Path, runner: TorchRunner, feed, dtype: str) -> tuple[
         sig = ort_runner.io_signature()
         describe = lambda items: [TensorRecord(n, np.dtype(t).name, s) for n, t, s in items]  # noqa: E731
         record = GraphRecord(path.name, describe(sig["inputs"]), describe(sig["outputs"]), {}, path.name + ".data")
-        agreement = compare(name, reference, ort_runner.infer(cast_floats(feed, record)), TOLERANCES[dtype])
+        agreement = compare(name, reference, ort_runner.infer(cast_floats(feed, float_inputs(record))), TOLERANCES[dtype])
     return agreement, record

@@ -1,5 +1,5 @@
-"""The dtype a graph is exported in (`export --dtype`): by default the checkpoint's own for a real checkpoint, fp32
-for the embedded ones (whose random weights are made in fp32)."""
+"""The dtype a graph is exported in (`export --dtype`): by default the checkpoint's own, as its config.json states it
+(fp16 for llava-hf's, fp32 for the embedded models, whose random weights are made and saved in fp32)."""
 import json
 from pathlib import Path
 
@@ -18,9 +18,9 @@ def checkpoint_dtype(model_dir: Path) -> str:
     return STORED.get(stored, "fp32")
 
 
-def resolve_dtype(requested: str | None, model_dir: Path, embedded: bool) -> str:
+def resolve_dtype(requested: str | None, model_dir: Path) -> str:
     if requested is None:
-        return "fp32" if embedded else checkpoint_dtype(model_dir)
+        return checkpoint_dtype(model_dir)
     if requested not in DTYPES:
         raise ConfigError(f"--dtype {requested} is not one of {', '.join(DTYPES)}")
     if requested == "bf16":  # export validates every graph on ONNX Runtime's CPU provider
