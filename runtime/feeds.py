@@ -6,13 +6,18 @@ import numpy as np
 from runtime.manifest import GraphRecord
 
 
-def cast_floats(feed: dict, record: GraphRecord) -> dict:
-    """A copy of `feed` whose numpy float arrays have the record's dtypes (those already right are not copied)."""
-    wanted = {t.name: np.dtype(t.dtype) for t in record.inputs}
-    return {name: value.astype(wanted[name]) if _needs_cast(value, wanted.get(name)) else value
+def float_inputs(record: GraphRecord) -> dict[str, np.dtype]:
+    """The graph's float inputs and their dtypes: read once per graph, not per call."""
+    dtypes = {t.name: np.dtype(t.dtype) for t in record.inputs}
+    return {name: dtype for name, dtype in dtypes.items() if dtype.kind == "f"}
+
+
+def cast_floats(feed: dict, dtypes: dict[str, np.dtype]) -> dict:
+    """A copy of `feed` whose numpy float arrays have the dtypes `float_inputs` gave (those already right, and
+    everything not a float array, are passed as they are)."""
+    return {name: value.astype(dtypes[name]) if _needs_cast(value, dtypes.get(name)) else value
             for name, value in feed.items()}
 
 
 def _needs_cast(value, dtype) -> bool:
-    return (dtype is not None and isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.floating)
-            and np.issubdtype(dtype, np.floating) and value.dtype != dtype)
+    return dtype is not None and isinstance(value, np.ndarray) and value.dtype != dtype and value.dtype.kind == "f"

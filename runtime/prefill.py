@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from runtime import io_names as io
-from runtime.feeds import cast_floats
+from runtime.feeds import cast_floats, float_inputs
 from runtime.manifest import Manifest, Segment
 from runtime.prompt import Prompt
 
@@ -22,12 +22,13 @@ class Timer:
     time. Without records (the PyTorch oracle at export, before any graph exists) feeds go as they are."""
 
     def __init__(self, records: dict | None = None):
-        self.ms, self.records = defaultdict(float), records or {}
+        self.ms = defaultdict(float)
+        self.float_inputs = {name: float_inputs(record) for name, record in (records or {}).items()}
 
     def run(self, runner, name, feed):
         start = time.perf_counter()
-        record = self.records.get(name)
-        out = runner.infer(cast_floats(feed, record) if record is not None else feed)
+        dtypes = self.float_inputs.get(name)
+        out = runner.infer(cast_floats(feed, dtypes) if dtypes else feed)
         self.ms[name] += (time.perf_counter() - start) * 1e3
         return out
 

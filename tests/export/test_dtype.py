@@ -5,7 +5,7 @@ import pytest
 
 import cli
 from export.graphs.validate import TOLERANCES, ValidationError, compare
-from runtime.feeds import cast_floats
+from runtime.feeds import cast_floats, float_inputs
 from runtime.load import open_engine_dir
 from runtime.manifest import GraphRecord, TensorRecord
 from runtime.request import Request
@@ -77,7 +77,9 @@ def test_the_runtime_casts_its_own_floats_to_the_graph_s_dtype_and_nothing_else(
     record = GraphRecord("g.onnx", [TensorRecord("x", "float16", ["batch"]), TensorRecord("ids", "int32", ["batch"]),
                                     TensorRecord("y", "float32", ["batch"])], [], {}, "g.onnx.data")
     y = np.ones(2, np.float32)
-    fed = cast_floats({"x": np.ones(2, np.float32), "ids": np.arange(2, dtype=np.int32), "y": y}, record)
+    dtypes = float_inputs(record)
+    assert dtypes == {"x": np.float16, "y": np.float32}
+    fed = cast_floats({"x": np.ones(2, np.float32), "ids": np.arange(2, dtype=np.int32), "y": y}, dtypes)
     assert (fed["x"].dtype, fed["ids"].dtype) == (np.float16, np.int32) and fed["y"] is y
 
 
