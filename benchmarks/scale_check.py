@@ -239,8 +239,8 @@ def verify_step(out: Path, logs: Path, tag: str, timeout_s: float) -> dict:
 
 
 def initializer_bytes(out: Path, graphs: list[str]) -> dict:
-    """Per graph, the bytes of its weights in the decoder layers (initializers named *.layers.N.*) and the rest,
-    read from the .onnx files without their .data."""
+    """Per graph, the bytes of its weights in the decoder layers (initializers named *.lm.layers.N.* and the packed
+    q/k/v *.lm.qkv.N) and the rest, read from the .onnx files without their .data."""
     import onnx
     from onnx.helper import tensor_dtype_to_np_dtype
     out_bytes = {}
@@ -249,7 +249,7 @@ def initializer_bytes(out: Path, graphs: list[str]) -> dict:
         layers = rest = 0
         for t in model.graph.initializer:
             n = math.prod(t.dims) * tensor_dtype_to_np_dtype(t.data_type).itemsize
-            if re.search(r"(^|\.)lm\.layers\.\d+\.", t.name):  # LLaMA's, not the ViT's or CLIP text's
+            if re.search(r"(^|\.)lm\.(layers\.\d+\.|qkv\.\d+$)", t.name):  # LLaMA's, not the ViT's or CLIP text's
                 layers += n
             else:
                 rest += n
@@ -267,11 +267,11 @@ def extrapolate(entry: dict, layers: int, wb: dict) -> dict:
     Estimates, linear in bytes: verify's and start's times. Run's peak RSS: the measured one plus the added bytes
     times run's RSS over the engine dir's bytes, rounded (the weights held whole, the rest not growing: fp16 on
     ONNX Runtime CPU is held at fp32 size, 2). Export's peak RSS: the measured one plus, per added layer, its bytes
-    once in torch (the checkpoint) and once in the decode graph's validation session at that multiple: the
-    largest graph, where the peak is assumed to be (not measured).
-    Estimates, linear in layers: the decoder-layer share of the prefill segments' and the decode graph's time
-    (decode's share by bytes, as a decode step reads every weight once: the LM head does not grow); the vision
-    tower, text encoder, embedding and Python stay as measured."""
+    once in torch (the checkpoint) and once in the largest decoder graph's validation session at that multiple:
+    where the peak is assumed to be (not measured).
+    Estimates, linear in layers: the decoder-layer share of the prefill graphs' time and of a decode step's (by
+    bytes, as a decode step reads every weight of the decoder graphs and the LM head once: the head does not
+    grow); the vision tower, text encoder, embedding and Python stay as measured."""
     dtype, extra = entry["dtype"], REAL_LAYERS - layers
     per_layer = wb[f"decoder_layer_{dtype}"]
     disk, weights = entry["engine_dir"]["bytes"], entry["engine_dir"]["weights"]
@@ -290,11 +290,12 @@ def extrapolate(entry: dict, layers: int, wb: dict) -> dict:
         if (ex := entry.get("export", {})).get("exit_code") == 0:
             out["export_peak_rss_bytes"] = ex["peak_rss_bytes"] + extra * per_layer * (1 + held)
         t = r["timings_ms"]
-        prefill_layers_ms = sum(t.get(g, 0.0) for g in layer_graphs(entry) if g != "decode")
+        prefill_layers_ms = sum(t.get(g, 0.0) for g in layer_graphs(entry))  # decode steps are timed as "decode"
         out["prefill_ms"] = r["prefill_ms"] + prefill_layers_ms * extra / layers
-        if r["decode_ms_per_token"] and "decode" in weights:
-            d = weights["decode"]
-            share = d["decoder_layers"] / (d["decoder_layers"] + d["other"])
+        step = [b for g, b in weights.items() if g.startswith("decoder.") or g == "lm_head"]
+        if r["decode_ms_per_token"] and step:
+            in_layers = sum(b["decoder_layers"] for b in step)
+            share = in_layers / (in_layers + sum(b["other"] for b in step))
             per_tok = t.get("decode", 0.0) / r["decode_steps"]
             out["decode_ms_per_token"] = r["decode_ms_per_token"] + per_tok * share * extra / layers
         if entry["method"] == "none":
@@ -387,8 +388,8 @@ def section(results: dict) -> list[str]:
     geometry = "" if not warning else f" --geometry {results['geometry_name']}"
     seen = sorted({e["layer_copies"] for e in results["entries"] if "layer_copies" in e})
     copies = f": {' or '.join(f'{c:g}' for c in seen)} here" if seen else ""
-    if seen == [2]:
-        copies += ", the prefill segments and the decode graph each carrying their own"
+    if seen == [1]:
+        copies += ", each segment's decoder graph serving its prefill and decode"
     return [
         SECTION, "", *warning,
         f"LLaVA-1.5-7B's widths (LLM hidden {g['llm_hidden']}, MLP {g['llm_intermediate']}, vocab 32064; ViT "
@@ -455,23 +456,31 @@ def memory_note(results: dict) -> list[str]:
     return [note, ""]
 
 
-def replace_section(text: str, lines: list[str]) -> str:
-    """text with its SECTION (up to the next '## ' heading) replaced by lines, or lines appended."""
+def replace_named_section(text: str, heading: str, lines: list[str]) -> str:
+    """text with its `heading` section (up to the next '## ' heading) replaced by lines, or lines appended."""
     body = "\n".join(lines).rstrip("\n") + "\n"
-    start = text.find("\n" + SECTION + "\n")
+    start = text.find("\n" + heading + "\n")
     if start < 0:
         return text.rstrip("\n") + "\n\n" + body
     end = text.find("\n## ", start + 1)
     return text[:start + 1] + body + ("\n" + text[end + 1:] if end >= 0 else "")
 
 
+def replace_section(text: str, lines: list[str]) -> str:
+    return replace_named_section(text, SECTION, lines)
+
+
+CARRIED = (SECTION, "## Against onnxruntime-genai")  # sections other scripts write, each far slower to redo
+
+
 def carry_section(old: str, new: str) -> str:
-    """new, with old's SECTION kept (methods_cpu rewrites BENCHMARKS.md whole; the scale check is hours to redo)."""
-    start = old.find("\n" + SECTION + "\n")
-    if start < 0:
-        return new
-    end = old.find("\n## ", start + 1)
-    return replace_section(new, old[start + 1:end if end >= 0 else None].splitlines())
+    """new, with old's CARRIED sections kept (methods_cpu rewrites BENCHMARKS.md whole)."""
+    for heading in CARRIED:
+        start = old.find("\n" + heading + "\n")
+        if start >= 0:
+            end = old.find("\n## ", start + 1)
+            new = replace_named_section(new, heading, old[start + 1:end if end >= 0 else None].splitlines())
+    return new
 
 
 # --------------------------------------------------------------------------- main

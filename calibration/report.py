@@ -10,7 +10,7 @@ from runtime.load import open_engine_dir
 
 def _open_with_head_recorder(engine_dir):
     generator = open_engine_dir(engine_dir, "cpu")
-    head = generator.pipe.head.graph
+    head = generator.pipe.lm_head
     recorder = RecordingRunner(generator.engines[head], keep_outputs=True)
     generator.engines = {**generator.engines, head: recorder}
     return generator, recorder
@@ -19,7 +19,7 @@ def _open_with_head_recorder(engine_dir):
 def _first_logits(generator, recorder, request, max_new_tokens):
     recorder.clear()
     result = generator.generate([request], max_new_tokens)[0]
-    return result, recorder.outputs[0]["logits"][0]  # the head segment runs once per generate: prefill
+    return result, recorder.outputs[0]["logits"][0]  # the LM head's first run is prefill's
 
 
 def latency(fp32, int8, request, max_new_tokens: int, runs: int, progress) -> dict:

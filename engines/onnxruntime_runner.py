@@ -3,7 +3,7 @@ activate / infer / deactivate that checks its feed against the graph before runn
 import numpy as np
 
 from engines.errors import EngineInputError
-from engines.kv_names import KV_PREFIX
+from engines.kv_names import KV_PREFIX, in_place_pairs
 
 ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
              "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
@@ -55,16 +55,23 @@ def kv_device_for(providers: list[str]) -> str | None:
 class OnnxrtRunner:
     """kv_device: "auto" keeps `present.*` outputs on the GPU as OrtValues when the session runs there (fed
     back as the next step's past through IOBinding, never copied to the host); a device name forces it
-    ("cpu" exercises the same path without a GPU); None returns numpy for every output."""
+    ("cpu" exercises the same path without a GPU); None returns numpy for every output.
+
+    A present output that is its past input's buffer (kv_names.in_place_pairs) is bound to that very buffer, so
+    ONNX Runtime writes the new slots in place: a numpy cache is wrapped without a copy and comes back as the same
+    array, an OrtValue comes back as itself."""
 
     def __init__(self, load_session, name: str = "", kv_device: str | None = "auto"):
         self.load_session, self.name, self.session, self.kv_device = load_session, name, None, kv_device
+        self.in_place = {}
 
     def activate(self):
         if self.session is None:
             self.session = self.load_session()
             if self.kv_device == "auto":
                 self.kv_device = kv_device_for(self.session.get_providers())
+            self.in_place = in_place_pairs([a.name for a in self.session.get_inputs()],
+                                           [o.name for o in self.session.get_outputs()])
         return self
 
     def deactivate(self):
@@ -88,26 +95,48 @@ class OnnxrtRunner:
         self.activate()
         self._check(feed)
         names = [o.name for o in self.session.get_outputs()]
-        if self.kv_device is None:
+        if self.kv_device is None and not self.in_place:
             return dict(zip(names, self.session.run(names, feed)))
         return self._infer_bound(feed, names)
 
     def _infer_bound(self, feed: dict, names: list[str]) -> dict:
-        """IOBinding: OrtValue inputs are used where they are, `present.*` are allocated by ORT on kv_device
-        (fresh each call, so a cache stays valid while the generator holds it), other outputs come to numpy."""
+        """IOBinding: OrtValue inputs are used where they are, in-place caches are bound as their own outputs, other
+        `present.*` are allocated by ORT on kv_device (fresh each call, so a cache stays valid while the generator
+        holds it), other outputs come to numpy."""
         import onnxruntime as ort
         binding = self.session.io_binding()
-        host = {k: np.ascontiguousarray(v) for k, v in feed.items() if not isinstance(v, ort.OrtValue)}  # alive until run
+        buffers = set(self.in_place.values())
+        host, values = {}, {}  # both kept alive until the run
         for name, value in feed.items():
-            if name in host:
-                binding.bind_cpu_input(name, host[name])
+            if isinstance(value, ort.OrtValue):
+                values[name] = value
+            elif name in buffers:
+                host[name] = np.ascontiguousarray(value)
+                on_cpu = self.kv_device in (None, "cpu")  # a CPU OrtValue over numpy shares its memory
+                values[name] = (ort.OrtValue.ortvalue_from_numpy(host[name]) if on_cpu else
+                                ort.OrtValue.ortvalue_from_numpy(host[name], self.kv_device, 0))
             else:
-                binding.bind_ortvalue_input(name, value)
+                host[name] = np.ascontiguousarray(value)
+                binding.bind_cpu_input(name, host[name])
+                continue
+            binding.bind_ortvalue_input(name, values[name])
         for name in names:
-            binding.bind_output(name, self.kv_device if name.startswith(KV_PREFIX) else "cpu")
+            past = self.in_place.get(name)
+            if past is not None:
+                binding.bind_ortvalue_output(name, values[past])
+            else:
+                binding.bind_output(name, self.kv_device if self.kv_device and name.startswith(KV_PREFIX) else "cpu")
         self.session.run_with_iobinding(binding)
-        return {name: value if name.startswith(KV_PREFIX) else value.numpy()
-                for name, value in zip(names, binding.get_outputs())}
+        results = {}
+        for name, value in zip(names, binding.get_outputs()):
+            past = self.in_place.get(name)
+            if past is None:
+                results[name] = value if self.kv_device and name.startswith(KV_PREFIX) else value.numpy()
+            elif self.kv_device is None and past in host:  # numpy stays numpy: the fed buffer, written in place
+                results[name] = host[past]
+            else:  # the OrtValue fed or made here: it holds (and keeps alive) the memory written
+                results[name] = values[past]
+        return results
 
     def _check(self, feed):
         expected = {a.name: a for a in self.session.get_inputs()}

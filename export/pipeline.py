@@ -74,10 +74,10 @@ def export(cfg: ExportConfig, progress=lambda msg: print(msg, file=sys.stderr, f
         Generator(manifest, runners).generate([EXPORT_SAMPLE], max_new_tokens=2)
         for k, (name, graph) in enumerate(plan.graphs.items(), 1):
             start = time.perf_counter()
-            feed = runners[name].feeds[0]
+            feeds = runners[name].feeds  # a decoder graph's first is a prefill, its last a decode step
             path = tmp / f"{name}.onnx"
-            export_graph(graph, _trace_sample(graph, feed, DTYPES[dtype]), path, cfg.opset)
-            agreement, record = _validate(name, path, runners[name], feed, dtype)
+            export_graph(graph, _trace_sample(graph, feeds[0], DTYPES[dtype]), path, cfg.opset)
+            agreement, record = _validate(name, path, runners[name], feeds[:1] + feeds[1:][-1:], dtype)
             record.dims = graph_dims([t.shape for t in record.inputs], manifest.model)
             manifest.graphs[name] = record
             progress(f"[export] {k}/{len(plan.graphs)} {name}: exported and validated in "
@@ -116,21 +116,22 @@ def base_manifest(cfg: ExportConfig, ckpt: Checkpoint, plan: MethodPlan, tmp: Pa
 
 
 def _trace_sample(graph, feed: dict, dtype) -> tuple:
-    """Batch 2 and (for decode) two new tokens, so the exporter keeps those dims symbolic; float inputs in the
-    graph's dtype."""
-    sample = {k: np.concatenate([v, v]) for k, v in feed.items()}
-    if "position_ids" in sample:
-        sample["inputs_embeds"] = np.concatenate([sample["inputs_embeds"]] * 2, 1)
-        sample["position_ids"] = np.concatenate([sample["position_ids"], sample["position_ids"] + 1], 1)
-    return module_args(graph, sample, dtype=dtype)
+    """Batch 2, so the exporter keeps it symbolic (a prefill's lengths already are); float inputs in the graph's
+    dtype."""
+    return module_args(graph, {k: np.concatenate([v, v]) for k, v in feed.items()}, dtype=dtype)
 
 
-def _validate(name, path: Path, runner: TorchRunner, feed, dtype: str) -> tuple[Agreement, GraphRecord]:
-    """Max differences against torch, and the graph's I/O record for the manifest, from one ORT session."""
-    reference = runner.infer(feed)
+def _validate(name, path: Path, runner: TorchRunner, feeds: list, dtype: str) -> tuple[Agreement, GraphRecord]:
+    """Max differences against torch on each feed, and the graph's I/O record for the manifest, from one ORT
+    session. Caches are fed as copies: the session writes them in place."""
     with OnnxrtRunner(SessionFromOnnx(path, ["CPUExecutionProvider"]), name) as ort_runner:
         sig = ort_runner.io_signature()
         describe = lambda items: [TensorRecord(n, np.dtype(t).name, s) for n, t, s in items]  # noqa: E731
         record = GraphRecord(path.name, describe(sig["inputs"]), describe(sig["outputs"]), {}, path.name + ".data")
-        agreement = compare(name, reference, ort_runner.infer(cast_floats(feed, float_inputs(record))), TOLERANCES[dtype])
-    return agreement, record
+        agreements = [compare(name, runner.infer(feed), ort_runner.infer(cast_floats(_copied(feed), float_inputs(record))),
+                              TOLERANCES[dtype]) for feed in feeds]
+    return Agreement.worst(agreements), record
+
+
+def _copied(feed: dict) -> dict:
+    return {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in feed.items()}

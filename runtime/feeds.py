@@ -5,6 +5,8 @@ import numpy as np
 
 from runtime.manifest import GraphRecord
 
+DTYPE_NAMES = {"fp32": "float32", "fp16": "float16"}  # manifest.dtype -> numpy: what the runtime allocates (KV buffers)
+
 
 def float_inputs(record: GraphRecord) -> dict[str, np.dtype]:
     """The graph's float inputs and their dtypes: read once per graph, not per call."""

@@ -1,12 +1,12 @@
-"""Stitches the engines of an engine dir: prefill (runtime/prefill.py), then greedy KV-cached decoding against
-every segment's cache. Any runner with infer(feed) -> dict serves: ONNX Runtime, TensorRT, or the torch modules
-themselves (the PyTorch oracle, at export)."""
+"""Stitches the engines of an engine dir: prefill (runtime/prefill.py), then greedy KV-cached decoding: each step
+runs every segment's decoder graph against that segment's buffers, then the LM head. Any runner with
+infer(feed) -> dict serves: ONNX Runtime, TensorRT, or the torch modules themselves (the PyTorch oracle, at
+export)."""
 import time
 
 import numpy as np
 from PIL import Image
 
-from runtime import io_names as io
 from runtime.errors import InputError
 from runtime.manifest import Manifest
 from runtime.prefill import Prefilled, Timer, prefill
@@ -36,7 +36,7 @@ class Generator:
         prompts = [self.prompts.encode(r.prompt) for r in requests]
         self._check_lengths(prompts, max_new_tokens)
         pixels = np.stack([preprocess(self._image(r), self.preprocess_cfg) for r in requests])
-        done = self.prefill(prompts, pixels, timer)
+        done = self.prefill(prompts, pixels, timer, max_new_tokens - 1)
         kv_bytes = done.caches.nbytes() // len(prompts)  # per request
         prefill_ms = (time.perf_counter() - start) * 1e3
         tokens = self._decode(done, len(prompts), max_new_tokens, timer)
@@ -47,14 +47,13 @@ class Generator:
                        [{"name": s, "kept": k[b, :n[b]].tolist()} for s, k, n in done.stages], dict(timings),
                        done.relevant[b], kv_bytes, done.visual.report(b)) for b, p in enumerate(prompts)]
 
-    def prefill(self, prompts, pixels, timer: Timer) -> Prefilled:
-        return prefill(self, prompts, pixels, timer)
+    def prefill(self, prompts, pixels, timer: Timer, decode_slots: int = 0) -> Prefilled:
+        return prefill(self, prompts, pixels, timer, decode_slots)
 
     def _decode(self, done: Prefilled, batch: int, max_new_tokens: int, timer: Timer) -> list[list[int]]:
         logits, caches = done.logits, done.caches
         tokens = [[] for _ in range(batch)]
         finished = np.zeros(batch, dtype=bool)
-        n_layers = len(caches.layers)
         for step in range(max_new_tokens):
             nxt = logits.argmax(-1)
             for b in range(batch):
@@ -64,16 +63,22 @@ class Generator:
             if finished.all() or step == max_new_tokens - 1:
                 break
             nxt = np.where(finished, self.pad, nxt).astype(np.int32)[:, None]
-            embeds = timer.run(self.engines[self.pipe.embed], self.pipe.embed, {"input_ids": nxt})["inputs_embeds"]
-            feed = {"inputs_embeds": embeds, "position_ids": (caches.next_position + step)[:, None].astype(np.int32)}
-            feed.update({io.past_mask(s): m for s, m in enumerate(caches.masks)})
-            for i in range(n_layers):
-                feed[f"past_key_values.{i}.key"], feed[f"past_key_values.{i}.value"] = caches.layers[i]
-            out = timer.run(self.engines[self.pipe.decode], self.pipe.decode, feed)
-            logits = out["logits"]
-            caches.layers = {i: (out[f"present.{i}.key"], out[f"present.{i}.value"]) for i in range(n_layers)}
-            caches.masks = [np.concatenate([m, np.ones((batch, 1), np.int32)], 1) for m in caches.masks]
+            logits = self._step(nxt, (caches.next_position + step)[:, None].astype(np.int32), caches, timer)
         return tokens
+
+    def _step(self, token_ids, positions, caches, timer: Timer) -> np.ndarray:
+        """One decode step for one new token per request: its logits [B, V]; every segment's buffers gain its slot."""
+        run = lambda name, feed: timer.run(self.engines[name], name, feed, key="decode")  # noqa: E731
+        x = run(self.pipe.embed, {"input_ids": token_ids})["inputs_embeds"]
+        for seg, cache in zip(self.pipe.segments, caches.segments):
+            cache.valid[:, cache.used] = True  # the new token sees itself
+            feed = {"hidden_in": x, "position_ids": positions, "attention_mask": cache.valid[:, None, :].copy(),
+                    "write_index": np.full(len(x), cache.used, np.int32), **cache.past()}
+            out = run(seg.decoder, feed)
+            cache.add(seg, out)
+            cache.used += 1
+            x = out["hidden_out"]
+        return run(self.pipe.lm_head, {"hidden_last": x[:, -1]})["logits"]
 
     @staticmethod
     def _image(request):

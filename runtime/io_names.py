@@ -13,12 +13,22 @@ THRESHOLDS_IN = ["thresholds"]  # ATP's calibrated (theta_r, theta_s), fed from 
 HIDDEN_OUT = ["prefix_hidden", "visual_hidden", "suffix_hidden"]
 PSEUDO_CLS_OUT = ["pseudo_cls_hidden"]
 KEPT_OUT, KEPT_COUNT_OUT, LOGITS_OUT = ["kept"], ["kept_count"], ["logits"]
-DECODE_IN = ["inputs_embeds", "position_ids"]
+DECODER_IN, DECODER_OUT = ["hidden_in", "position_ids", "attention_mask", "write_index"], ["hidden_out"]
+LM_HEAD, LM_HEAD_IN = "lm_head", ["hidden_last"]
 
 
 def kept_name(stage: str) -> str:
     return f"kept.{stage}"
 
 
-def past_mask(segment: int) -> str:
-    return f"past_mask.{segment}"
+def decoder_graph(segment: int) -> str:
+    return f"decoder.{segment}"
+
+
+def prefill_graph(segment: int) -> str:
+    return f"prefill.{segment}"
+
+
+def capacity(segment: int) -> str:
+    """The dim of segment s's cache buffers: its prompt plus the tokens decode will add."""
+    return f"capacity.{segment}"

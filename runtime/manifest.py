@@ -12,7 +12,8 @@ from runtime.engine_dir import file_records, size_problems
 from runtime.errors import EngineDirError
 
 MANIFEST = "manifest.json"
-FORMAT = 3  # 2: integer graph I/O is int32; 3: typed records, dim ranges per graph, pipeline.visual_ids
+FORMAT = 4  # 2: integer graph I/O is int32; 3: typed records, dim ranges per graph, pipeline.visual_ids;
+# 4: a decoder graph per segment over KV buffers written in place, prefill graphs only where a segment prunes, lm_head
 
 
 @dataclass
@@ -60,15 +61,21 @@ class Stage:
 
 @dataclass
 class Segment:
-    """A prefill graph over decoder layers [first, last]; it prunes after `last` when it has a stage."""
-    graph: str
+    """Decoder layers [first, last]. `decoder` runs them for new tokens against the segment's KV buffers: every
+    decode step, and the prefill unless the segment prunes after `last` (it has a stage); then `prefill` does."""
+    decoder: str
     layers: list[int]  # [first, last]
     stage: str | None = None
     keep: int | None = None
-    pseudo_cls: bool = False  # takes IVTP's pseudo-CLS query (and hands it on)
-    head: bool = False  # ends with the logits
-    visual_mask: bool = False  # takes the padding mask of a visual block padded to the longest request
+    prefill: str | None = None  # the graph that prefills a pruning segment (the pruner needs what decode does not)
+    pseudo_cls: bool = False  # the prefill takes IVTP's pseudo-CLS query (and hands it on)
+    visual_mask: bool = False  # the prefill takes the padding mask of a visual block padded to the longest request
     thresholds: list[float] | None = None  # ATP's (theta_r, theta_s), fed as an input so calibration needs no export
+
+    @property
+    def graph(self) -> str:
+        """The graph that prefills the segment."""
+        return self.prefill or self.decoder
 
     @property
     def first(self) -> int:
@@ -84,21 +91,17 @@ class Pipeline:
     """Which graph plays which part, segment by segment."""
     vision: str
     embed: str
-    decode: str
     segments: list[Segment]
     text_encoder: str | None = None  # CLIP's text tower, for IVTP's instruction relevance
     tau: float | None = None  # IVTP's relevance threshold
     # Stages whose kept ids, merged and sorted, name the rows the vision graph hands the LLM; [] every patch in
     # raster order; None where those rows are merged tokens that no raster id names (pool, VisionZip, ToMe).
     visual_ids: list[str] | None = field(default_factory=list)
+    lm_head: str = "lm_head"  # final norm and LM head: the logits at prefill's last token and at every decode step
 
     def graph_names(self) -> list[str]:
-        return [self.vision, self.embed, self.decode, *([self.text_encoder] if self.text_encoder else []),
-                *(s.graph for s in self.segments)]
-
-    @property
-    def head(self) -> Segment:
-        return self.segments[-1]
+        return [self.vision, self.embed, self.lm_head, *([self.text_encoder] if self.text_encoder else []),
+                *(g for s in self.segments for g in ([s.prefill] if s.prefill else []) + [s.decoder])]
 
     @classmethod
     def from_json(cls, d: dict) -> "Pipeline":
@@ -207,8 +210,10 @@ def structure_problems(m: Manifest) -> list[str]:
                  for s in m.pipeline.segments if s.stage is not None and s.stage not in stages]
     problems += [f"pipeline.visual_ids names stage {s!r}, which the manifest does not list"
                  for s in m.pipeline.visual_ids or () if s not in stages]
-    if not m.pipeline.segments or not m.pipeline.head.head or any(s.head for s in m.pipeline.segments[:-1]):
-        problems.append("the last prefill segment, and only it, must end with the logits (head)")
+    problems += [f"segment {s.decoder} prunes at stage {s.stage!r} but names no prefill graph"
+                 for s in m.pipeline.segments if s.stage is not None and s.prefill is None]
+    if m.pipeline.segments and m.pipeline.segments[-1].stage is not None:
+        problems.append("the last segment prunes, but no decoder layer follows to see what it kept")
     layers = [layer for s in m.pipeline.segments for layer in range(s.first, s.last + 1)]
     if layers != list(range(m.model.get("llm_layers", len(layers)))):
         problems.append(f"the segments cover decoder layers {layers[:1]}..{layers[-1:]} with gaps or overlaps, not "

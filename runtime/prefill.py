@@ -1,9 +1,10 @@
-"""Prefill: the vision graph, then (IVTP) the pseudo-CLS from CLIP's instruction relevance, then the prefill
-segments in turn, each of which may shrink the visual block.
+"""Prefill: the vision graph, then (IVTP) the pseudo-CLS from CLIP's instruction relevance, then the decoder
+segments in turn, each of which may shrink the visual block, then the LM head at each request's last token.
 
 Requests in a batch are padded and masked, never mixed: suffixes on the right, and a visual block that pruning
-left with different counts per request (ATP) to the longest of them. Each segment keeps its own KV cache, with
-its own length and key-padding mask, since each saw a different visual set.
+left with different counts per request (ATP) to the longest of them. Each segment keeps its own KV buffers, with
+room for the tokens decode will add and a mask of the slots that hold real tokens, since each saw a different
+visual set.
 """
 import time
 from collections import defaultdict
@@ -12,7 +13,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from runtime import io_names as io
-from runtime.feeds import cast_floats, float_inputs
+from runtime.feeds import DTYPE_NAMES, cast_floats, float_inputs
 from runtime.manifest import Manifest, Segment
 from runtime.prompt import Prompt
 
@@ -25,11 +26,12 @@ class Timer:
         self.ms = defaultdict(float)
         self.float_inputs = {name: float_inputs(record) for name, record in (records or {}).items()}
 
-    def run(self, runner, name, feed):
+    def run(self, runner, name, feed, key: str | None = None):
+        """`key` names the account the time goes to (default: the graph's name; decode steps go to "decode")."""
         start = time.perf_counter()
         dtypes = self.float_inputs.get(name)
         out = runner.infer(cast_floats(feed, dtypes) if dtypes else feed)
-        self.ms[name] += (time.perf_counter() - start) * 1e3
+        self.ms[key or name] += (time.perf_counter() - start) * 1e3
         return out
 
 
@@ -56,20 +58,42 @@ class VisualBlock:
         return {"count": n, "raster_ids": None if self.merged else sorted(self.ids[b, :n].tolist())}
 
 
-@dataclass
-class KvCaches:
-    """Per decoder layer its (key, value), as the runner returned them; per segment its key-padding mask."""
-    layers: dict
-    masks: list
-    next_position: np.ndarray  # [B]: where each request's first generated token goes
+KV = ("key", "value")
 
-    def add(self, seg: Segment, out: dict, mask: np.ndarray):
-        for i in range(seg.first, seg.last + 1):
-            self.layers[i] = (out[f"present.{i}.key"], out[f"present.{i}.value"])
-        self.masks.append(mask)
+
+@dataclass
+class SegmentCache:
+    """One segment's KV buffers, per decoder layer (key, value) [B, Hkv, capacity, D] as its runner returned them;
+    past and present are the same buffers. `valid` marks the slots that hold a request's real tokens."""
+    layers: dict
+    valid: np.ndarray  # [B, capacity] bool
+    used: int  # slots written so far, the same for every request (padding fills the shorter ones)
+
+    def add(self, seg: Segment, out: dict):
+        self.layers.update({i: (out[f"present.{i}.key"], out[f"present.{i}.value"]) for i in range(seg.first, seg.last + 1)})
+
+    def past(self) -> dict:
+        return {f"past_key_values.{i}.{kind}": cache for i, kv in self.layers.items() for kind, cache in zip(KV, kv)}
 
     def nbytes(self) -> int:
-        return sum(nbytes(k) + nbytes(v) for k, v in self.layers.values())
+        """Bytes of the slots written, not of the room left for decode."""
+        return sum(nbytes(k) + nbytes(v) for k, v in self.layers.values()) * self.used // self.valid.shape[1]
+
+
+@dataclass
+class KvCaches:
+    segments: list[SegmentCache]
+    next_position: np.ndarray  # [B]: where each request's first generated token goes
+
+    def nbytes(self) -> int:
+        return sum(s.nbytes() for s in self.segments)
+
+
+def empty_buffers(manifest: Manifest, seg: Segment, batch: int, capacity: int) -> dict:
+    """Zeroed KV buffers for a segment's layers, in the graphs' dtype, as past_key_values.* feeds."""
+    facts, dtype = manifest.model, np.dtype(DTYPE_NAMES[manifest.dtype])
+    shape = (batch, facts["kv_heads"], capacity, facts["head_dim"])
+    return {f"past_key_values.{i}.{kind}": np.zeros(shape, dtype) for i in range(seg.first, seg.last + 1) for kind in KV}
 
 
 def nbytes(cache) -> int:
@@ -103,9 +127,12 @@ def entering_block(manifest: Manifest, features: np.ndarray, stages: list, n_pre
     return VisualBlock(features, positions, np.ones((batch, n_vis), np.int32), ids, merged=named is None)
 
 
-def segment_feed(seg: Segment, prefix, visual: VisualBlock, suffix, suffix_positions, suffix_mask, pseudo: dict) -> dict:
+def segment_feed(seg: Segment, prefix, visual: VisualBlock, suffix, suffix_positions, suffix_mask, pseudo: dict,
+                 buffers: dict) -> dict:
+    """The feed of a pruning segment's prefill graph."""
     feed = {"prefix_embeds": prefix, "visual_embeds": visual.embeds, "suffix_embeds": suffix,
-            "visual_positions": visual.positions, "suffix_positions": suffix_positions, "suffix_mask": suffix_mask}
+            "visual_positions": visual.positions, "suffix_positions": suffix_positions, "suffix_mask": suffix_mask,
+            **buffers}
     if seg.pseudo_cls:
         feed.update(pseudo)
     if seg.visual_mask:
@@ -115,32 +142,56 @@ def segment_feed(seg: Segment, prefix, visual: VisualBlock, suffix, suffix_posit
     return feed
 
 
+def decoder_feed(x, positions, valid: np.ndarray, capacity: int, buffers: dict) -> dict:
+    """The feed of a decoder graph over a whole prompt: causal attention among its valid tokens, slots 0..N-1."""
+    batch, n = valid.shape
+    mask = np.zeros((batch, n, capacity), bool)
+    mask[:, :, :n] = np.tril(np.ones((n, n), bool))[None] & valid[:, None, :]
+    return {"hidden_in": x, "position_ids": positions, "attention_mask": mask,
+            "write_index": np.zeros(batch, np.int32), **buffers}
+
+
 def run_segments(manifest: Manifest, engines: dict, timer: Timer, prefix, visual: VisualBlock, suffix, suffix_mask,
-                 pseudo: dict, stages: list, relevant: list) -> Prefilled:
-    """Every prefill segment in turn; `stages` grows by the LLM's pruning points."""
+                 pseudo: dict, stages: list, relevant: list, decode_slots: int = 0) -> Prefilled:
+    """Every segment in turn, then the LM head; `stages` grows by the LLM's pruning points. Each segment's buffers
+    leave `decode_slots` free slots after its prompt."""
     batch, n_pre = len(prefix), prefix.shape[1]
     start = n_pre + visual.embeds.shape[1]  # pruning keeps original positions: the suffix stays where it was
     suffix_positions = np.tile(np.arange(start, start + suffix.shape[1], dtype=np.int32), (batch, 1))
-    caches = KvCaches({}, [], start + suffix_mask.sum(1))
+    caches = KvCaches([], start + suffix_mask.sum(1))
+    pre_positions = np.tile(np.arange(n_pre, dtype=np.int32), (batch, 1))
     for seg in manifest.pipeline.segments:
-        feed = segment_feed(seg, prefix, visual, suffix, suffix_positions, suffix_mask, pseudo)
-        out = timer.run(engines[seg.graph], seg.graph, feed)
-        caches.add(seg, out, np.concatenate([np.ones((batch, n_pre), np.int32), visual.mask, suffix_mask], 1))
-        if seg.head:
-            return Prefilled(out["logits"], caches, stages, relevant, visual)
-        prefix, suffix = out["prefix_hidden"], out["suffix_hidden"]
-        if seg.pseudo_cls:
-            pseudo = {**pseudo, "pseudo_cls": out["pseudo_cls_hidden"]}
-        if seg.stage is None:
-            visual = replace(visual, embeds=out["visual_hidden"])
-            continue
-        counts = out.get("kept_count", np.full(batch, out["kept"].shape[1]))
-        visual = visual.pruned(out["visual_hidden"], out["kept"], counts)
-        stages.append((seg.stage, visual.ids, counts))
-    raise RuntimeError("the manifest's last segment has no head")  # load_manifest refuses such a manifest
+        n_vis = visual.embeds.shape[1]
+        valid = np.concatenate([np.ones((batch, n_pre), bool), visual.mask > 0, suffix_mask > 0], 1)
+        capacity = valid.shape[1] + decode_slots
+        buffers = empty_buffers(manifest, seg, batch, capacity)
+        if seg.prefill is None:
+            x = np.concatenate([prefix, visual.embeds, suffix], 1)
+            positions = np.concatenate([pre_positions, visual.positions, suffix_positions], 1)
+            out = timer.run(engines[seg.decoder], seg.decoder, decoder_feed(x, positions, valid, capacity, buffers))
+            hidden = out["hidden_out"]
+            prefix, suffix = hidden[:, :n_pre], hidden[:, n_pre + n_vis:]
+            visual = replace(visual, embeds=hidden[:, n_pre:n_pre + n_vis])
+        else:
+            feed = segment_feed(seg, prefix, visual, suffix, suffix_positions, suffix_mask, pseudo, buffers)
+            out = timer.run(engines[seg.prefill], seg.prefill, feed)
+            prefix, suffix = out["prefix_hidden"], out["suffix_hidden"]
+            if seg.pseudo_cls:
+                pseudo = {**pseudo, "pseudo_cls": out["pseudo_cls_hidden"]}
+        cache = SegmentCache({}, np.zeros((batch, capacity), bool), valid.shape[1])
+        cache.valid[:, :valid.shape[1]] = valid
+        cache.add(seg, out)
+        caches.segments.append(cache)
+        if seg.prefill is not None:
+            counts = out.get("kept_count", np.full(batch, out["kept"].shape[1]))
+            visual = visual.pruned(out["visual_hidden"], out["kept"], counts)
+            stages.append((seg.stage, visual.ids, counts))
+    last = suffix[np.arange(batch), suffix_mask.sum(1) - 1]  # each request's last real token
+    logits = timer.run(engines[manifest.pipeline.lm_head], manifest.pipeline.lm_head, {"hidden_last": last})["logits"]
+    return Prefilled(logits, caches, stages, relevant, visual)
 
 
-def prefill(generator, prompts: list[Prompt], pixels: np.ndarray, timer: Timer) -> Prefilled:
+def prefill(generator, prompts: list[Prompt], pixels: np.ndarray, timer: Timer, decode_slots: int = 0) -> Prefilled:
     m, engines, batch = generator.m, generator.engines, len(prompts)
     vision = timer.run(engines[m.pipeline.vision], m.pipeline.vision, {"pixel_values": pixels})
     stages = vision_stages(m, vision, batch)
@@ -156,4 +207,4 @@ def prefill(generator, prompts: list[Prompt], pixels: np.ndarray, timer: Timer) 
         pcls, relevant = generator.relevance.pseudo_cls(engines, prompts, vision, suffix, timer)
         pseudo = {"pseudo_cls": pcls[:, None].astype(np.float32),
                   "pseudo_cls_position": np.full((batch, 1), n_pre + visual.embeds.shape[1], dtype=np.int32)}
-    return run_segments(m, engines, timer, prefix, visual, suffix, suffix_mask, pseudo, stages, relevant)
+    return run_segments(m, engines, timer, prefix, visual, suffix, suffix_mask, pseudo, stages, relevant, decode_slots)

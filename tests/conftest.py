@@ -18,12 +18,11 @@ PROMPTS = ["What is the person in this photo wearing, and what colour is it?",
 
 
 def generate_with_logits(generator, requests, max_new_tokens):
-    """Results, each request's logits at every greedy step (the head segment's, then decode's), and the
-    recording runners."""
+    """Results, each request's logits at every greedy step (the LM head's at prefill, then at each decode step),
+    and the recording runners."""
     recorders = record(generator, keep_outputs=True)
-    head = generator.pipe.head.graph
     results = generator.generate(requests, max_new_tokens)
-    steps = [recorders[head].outputs[0]["logits"]] + [o["logits"] for o in recorders[generator.pipe.decode].outputs]
+    steps = [o["logits"] for o in recorders[generator.pipe.lm_head].outputs]
     return results, [[step[b] for step in steps] for b in range(len(requests))], recorders
 
 

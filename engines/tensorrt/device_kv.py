@@ -2,11 +2,10 @@
 
 polygraphy's TrtRunner.infer(copy_outputs_to_host=False) returns views of output buffers that it reuses, and
 frees to grow, on its next call. So a decode step's `present.*` cannot be fed straight back as the next step's
-`past_key_values.*`: TensorRT would write the new cache over (or free) the one it reads. The decode runner
-copies its `present.*` device-to-device into buffers of its own, two per output, used on alternate calls. What
-call t returned stays intact through call t+1, the one that reads it as its past. The generator needs no more: it
-feeds step t's cache to step t+1 and then drops it. Prefill segments need no copies: their caches are read by
-decode, never by the runner that made them.
+`past_key_values.*`: TensorRT would write the new cache over (or free) the one it reads. A runner that takes
+past caches copies its `present.*` device-to-device into buffers of its own, two per output, used on alternate
+calls. What call t returned stays intact through call t+1, the one that reads it as its past. The generator needs
+no more: it feeds step t's cache to step t+1 and then drops it.
 """
 
 from polygraphy import cuda

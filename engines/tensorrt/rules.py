@@ -13,7 +13,7 @@ from onnx import TensorProto, numpy_helper
 # ai.onnx ops the TensorRT 10 ONNX parser imports (onnx-tensorrt operators.md). Absent on purpose (the
 # parser refuses them): BitShift, Bitwise*, Col2Im, Compress, ConvInteger, DFT, Det, DynamicQuantizeLinear,
 # MatMulInteger, MaxRoiPool, MaxUnpool, Multinomial, Optional*, QLinear*, Sequence*, String*, TfIdfVectorizer,
-# Unique, and the opset 23 ops other than Attention (RMSNormalization, RotaryEmbedding).
+# Unique, and the opset 23 ops other than Attention (RMSNormalization, RotaryEmbedding; see OPSET_23_FUSED).
 SUPPORTED_OPS = frozenset("""
 Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh Attention AveragePool BatchNormalization
 BlackmanWindow Cast CastLike Ceil Celu Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum
@@ -32,6 +32,8 @@ Tanh ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Upsample Where Xor
 # The parser imports the ONNX Attention op (opset 23) from TensorRT 10.14 on (onnx-tensorrt 10.14 GA), as one
 # IAttention layer: Q, K, V and an optional mask in, one output out; past_key / past_value are refused.
 ATTENTION_MIN_TRT = (10, 14)
+# What an export at opset 23 fuses for ONNX Runtime and an export at opset 18 writes out for TensorRT.
+OPSET_23_FUSED = frozenset({"RMSNormalization", "RotaryEmbedding"})
 WRITTEN_OUT_ATTENTION = "export again with `cli.py export ... --opset 18`, which writes attention out (MatMul + Softmax + MatMul)"
 
 TRT_DTYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.INT8, TensorProto.UINT8,
@@ -72,9 +74,10 @@ def check_ops(name: str, model: onnx.ModelProto) -> list[Problem]:
     unsupported = sorted({n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}" for n in nodes
                           if (n.domain, n.op_type) not in local
                           and not (n.domain in ("", "ai.onnx") and n.op_type in SUPPORTED_OPS)})
-    return [Problem(name, "unsupported-op", f"op {op} is not imported by TensorRT 10's ONNX parser; rewrite it with "
-                    "supported ops in the exporter (see onnx-tensorrt docs/operators.md), or provide a TensorRT "
-                    "plugin of that name") for op in unsupported]
+    return [Problem(name, "unsupported-op", f"op {op} is not imported by TensorRT 10's ONNX parser; " + (
+                    "export again with `cli.py export ... --opset 18`, which writes norms and RoPE out for TensorRT"
+                    if op in OPSET_23_FUSED else "rewrite it with supported ops in the exporter (see onnx-tensorrt "
+                    "docs/operators.md), or provide a TensorRT plugin of that name")) for op in unsupported]
 
 
 def check_attention(name: str, model: onnx.ModelProto, trt_version: tuple | None) -> list[Problem]:
@@ -191,7 +194,7 @@ def check_dims(name: str, model: onnx.ModelProto, ranged=None) -> list[Problem]:
                                         f"{d.dim_param!r}, for which the engine dir records no (min, opt, max) range; "
                                         f"it has ranges for {', '.join(sorted(ranged)) or 'none'}. Name it in the "
                                         "exporter's dynamic shapes as one of batch, visual_tokens, prefix, suffix, seq, "
-                                        "clip_tokens, past_seq.<n>, whose ranges export records"))
+                                        "clip_tokens, capacity.<n>, whose ranges export records"))
     return problems
 
 

@@ -21,10 +21,10 @@ class TensorrtRunner:
     KV caches stay on the GPU: `present.*` come back as polygraphy DeviceViews, which the generator feeds back
     unchanged as `past_key_values.*`. Every other output (logits, kept indices, hidden states) is copied to host
     numpy, as from ONNX Runtime.
-    - A runner that reads past caches (decode) is fed its own last outputs, so it keeps copies (DeviceKV), valid
-      through its next call.
-    - Any other runner (a prefill segment) returns views of polygraphy's own buffers, valid until its next
-      call: decode reads them at its first step, long before the next request's prefill.
+    - A runner that reads past caches (every decoder graph and pruning prefill: present is past with new slots
+      written) is fed its own last outputs, so it keeps copies (DeviceKV), valid through its next call. TensorRT
+      writes each present into an output buffer of its own: unlike ONNX Runtime, it is not bound in place.
+    - Any other runner returns views of polygraphy's own buffers, valid until its next call.
     """
 
     def __init__(self, load_engine, name: str = ""):

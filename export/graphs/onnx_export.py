@@ -10,9 +10,10 @@ import torch
 from torch.export import Dim
 
 from export.graphs.graph import GraphDef
+from export.modules.layers import exporting_at
 
-OPSET = 23  # gives the ONNX Attention op for attention that needs no probabilities
-# torch's exporter writes opsets 18..23; below 23 it writes attention out (MatMul + Softmax + MatMul), which
+OPSET = 23  # gives ONNX's Attention, RMSNormalization and RotaryEmbedding ops
+# torch's exporter writes opsets 18..23; below 23 attention, norms and RoPE are written out (MatMul + Softmax + MatMul ...), which
 # TensorRT parsers older than 10.14 (JetPack's 10.3 among them) need
 OPSETS = range(18, 24)
 OPTIMIZE = False
@@ -38,7 +39,7 @@ def export_graph(graph: GraphDef, sample: tuple, path: Path, opset: int = OPSET)
     """Exports graph.module, traced on the positional `sample`, to path (+ path.data for the weights)."""
     # The exporter warns on every call that torchvision's ops are not registered; we use none of them.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), exporting_at(opset):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             graph.module, sample, dynamic_shapes=_dynamic_shapes(graph), dynamo=True,

@@ -43,6 +43,15 @@ class Agreement:
     diffs: dict
     overlaps: dict
 
+    @classmethod
+    def worst(cls, agreements: list["Agreement"]) -> "Agreement":
+        """One graph's agreements on several feeds as one: the largest difference, the lowest overlap."""
+        diffs, overlaps = {}, {}
+        for a in agreements:
+            diffs.update({k: max(v, diffs.get(k, v)) for k, v in a.diffs.items()})
+            overlaps.update({k: min(v, overlaps.get(k, v)) for k, v in a.overlaps.items()})
+        return cls(diffs, overlaps)
+
     def summary(self) -> str:
         if self.overlaps:
             return ("kept sets overlap torch's " + ", ".join(f"{k} {v:.3f}" for k, v in self.overlaps.items())

@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from export.graphs.parts import decode_graph, embed_graph, language_model, prefill_graph, vision_graph
+from export.graphs.parts import embed_graph, language_model, llm_graphs, vision_graph
 from export.methods.registry import Method, MethodPlan, Schedule, register
 from export.models.facts import model_facts
 from export.modules.pruning import LayerAttention, LlmPruner, SegmentView, attention_rows
@@ -58,9 +58,7 @@ class FastV(Method):
         schedule = self.schedule(cfg, dims)
         lm, stage, k, last = language_model(ckpt), schedule.stages[0], cfg.layer, dims["llm_layers"] - 1
         graphs = {"vision": vision_graph(ckpt), "embed": embed_graph(ckpt),
-                  "prefill.0": prefill_graph(lm, 0, k - 1, pruner=FastVPruner(cfg.keep)),
-                  "prefill.1": prefill_graph(lm, k, last, head=True),
-                  "decode": decode_graph(lm, [(0, k - 1), (k, last)])}
-        pipeline = Pipeline("vision", "embed", "decode", [Segment("prefill.0", [0, k - 1], stage.name, cfg.keep),
-                                                           Segment("prefill.1", [k, last], head=True)])
+                  **llm_graphs(lm, [(0, k - 1), (k, last)], {0: FastVPruner(cfg.keep)})}
+        pipeline = Pipeline("vision", "embed", [Segment("decoder.0", [0, k - 1], stage.name, cfg.keep, prefill="prefill.0"),
+                                                Segment("decoder.1", [k, last])])
         return MethodPlan(graphs, pipeline, schedule)

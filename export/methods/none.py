@@ -1,7 +1,7 @@
-"""No pruning: the same split as every method (vision, embed, one prefill segment, decode), the baseline."""
+"""No pruning: the same split as every method (vision, embed, one decoder segment, LM head), the baseline."""
 from dataclasses import dataclass
 
-from export.graphs.parts import decode_graph, embed_graph, language_model, prefill_graph, vision_graph
+from export.graphs.parts import embed_graph, language_model, llm_graphs, vision_graph
 from export.methods.registry import Method, MethodPlan, Schedule, register
 from export.models.facts import model_facts
 from runtime.manifest import Pipeline, Segment
@@ -13,13 +13,10 @@ class NoneConfig:
 
 
 def unpruned_plan(ckpt, schedule: Schedule) -> MethodPlan:
-    """Vision, embed, one prefill segment over every decoder layer, decode."""
+    """Vision, embed, one decoder segment over every decoder layer, the LM head."""
     last = model_facts(ckpt)["llm_layers"] - 1
-    lm = language_model(ckpt)
-    graphs = {"vision": vision_graph(ckpt), "embed": embed_graph(ckpt),
-              "prefill.0": prefill_graph(lm, 0, last, head=True), "decode": decode_graph(lm, [(0, last)])}
-    pipeline = Pipeline("vision", "embed", "decode", [Segment("prefill.0", [0, last], head=True)],
-                        visual_ids=schedule.visual_ids)
+    graphs = {"vision": vision_graph(ckpt), "embed": embed_graph(ckpt), **llm_graphs(language_model(ckpt), [(0, last)], {})}
+    pipeline = Pipeline("vision", "embed", [Segment("decoder.0", [0, last])], visual_ids=schedule.visual_ids)
     return MethodPlan(graphs, pipeline, schedule)
 
 

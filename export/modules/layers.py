@@ -6,10 +6,29 @@ read attention probabilities and value norms where it needs them. The maths is H
 Weights and matmuls run in the checkpoint's dtype; norms, softmax probabilities and everything pruning scores
 with are computed in fp32 (explicit casts, no-ops at fp32), so that kept indices do not hang on fp16 rounding.
 """
+import contextlib
+import contextvars
+
 import torch
 import torch.nn.functional as F
 
 NEG_INF = torch.finfo(torch.float32).min
+_EXPORT_OPSET = contextvars.ContextVar("export_opset", default=None)
+
+
+@contextlib.contextmanager
+def exporting_at(opset: int):
+    """Tells the layers which ONNX opset an export writes: at 23 and above they emit ONNX's fused RotaryEmbedding."""
+    token = _EXPORT_OPSET.set(opset)
+    try:
+        yield
+    finally:
+        _EXPORT_OPSET.reset(token)
+
+
+def _fused_onnx_ops() -> bool:
+    opset = _EXPORT_OPSET.get()
+    return opset is not None and opset >= 23 and torch.onnx.is_in_onnx_export()
 
 
 def split_heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -84,6 +103,20 @@ def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor):
     return emb.cos()[:, None], emb.sin()[:, None]
 
 
+def rope_tables(inv_freq: torch.Tensor, max_positions: int, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [max_positions, D/2] for ONNX's RotaryEmbedding: computed in fp32, as HF does, stored in `dtype`."""
+    freqs = torch.arange(max_positions, dtype=torch.float32)[:, None] * inv_freq.float()[None]
+    return freqs.cos().to(dtype), freqs.sin().to(dtype)
+
+
+def rotary(x, positions, inv_freq, tables):
+    """RoPE on x [B, H, N, D] at integer positions [B, N]: one RotaryEmbedding op in an export at opset >= 23,
+    HF's arithmetic otherwise (the same numbers: HF also rounds cos and sin to x's dtype)."""
+    if _fused_onnx_ops():
+        return torch.onnx.ops.rotary_embedding(x, tables[0], tables[1], positions)
+    return apply_rope(x, *rope_cos_sin(inv_freq, positions))
+
+
 def rotate_half(x):
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -98,20 +131,68 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=1)
 
 
-def llama_qkv(layer, x, cos, sin):
-    """Projections of one LlamaDecoderLayer: q, k (RoPE applied), v as [B, heads, N, D], plus v flat [B,N,Hkv*D]."""
+def rms_norm(norm, x: torch.Tensor) -> torch.Tensor:
+    """LlamaRMSNorm as one normalisation (ONNX RMSNormalization at opset >= 23, not a chain of small ops), in fp32
+    and rounded to x's dtype once (HF rounds before the weight's product too: a difference of an ulp at fp16)."""
+    return F.rms_norm(x.float(), (x.shape[-1],), norm.weight.float(), norm.variance_epsilon).to(x.dtype)
+
+
+def kv_slots(write_index: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+    """[B, Hkv, N, 3] (request, head, slot) for N new tokens written at slots write_index[b] + 0..N-1 of caches
+    shaped like update [B, Hkv, N, D]: the same for every layer, so a graph builds it once."""
+    b, h, n = update.shape[:3]
+    rows = torch.arange(b, device=update.device)[:, None, None].expand(b, h, n)
+    heads = torch.arange(h, device=update.device)[None, :, None].expand(b, h, n)
+    slots = (write_index[:, None] + torch.arange(n, device=update.device)[None])[:, None, :].expand(b, h, n)
+    return torch.stack([rows, heads, slots], -1)
+
+
+def kv_write(cache: torch.Tensor, update: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """cache [B, Hkv, C, D] with update [B, Hkv, N, D] written at kv_slots' `slots`. One ONNX ScatterND, which ONNX
+    Runtime runs in place when the caller binds the output to the cache's own buffer; torch returns a new tensor
+    and leaves the caller's cache as it was."""
+    if torch.onnx.is_in_onnx_export():
+        return torch.onnx.ops.symbolic("ScatterND", (cache, slots, update), {}, dtype=cache.dtype, shape=cache.shape,
+                                       version=18)
+    return cache.index_put(tuple(slots.unbind(-1)), update)
+
+
+def pack_qkv(attn) -> torch.nn.Parameter:
+    """q, k and v projection weights as one [(H + 2 Hkv) * D, hidden] matrix (one matmul, not three). The three
+    projections are left as views into it, so the weights are still held once."""
+    projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+    if any(p.bias is not None for p in projections):
+        raise NotImplementedError("q/k/v projections with biases (LLaMA has none)")
+    packed = torch.nn.Parameter(torch.cat([p.weight.detach() for p in projections]), requires_grad=False)
+    start = 0
+    for p in projections:
+        rows = p.weight.shape[0]
+        p.weight = torch.nn.Parameter(packed[start:start + rows], requires_grad=False)
+        start += rows
+    return packed
+
+
+def llama_project(layer, qkv: torch.Tensor, x):
+    """Normed input and packed projections of one LlamaDecoderLayer: q [B, H, N, D], k and v [B, Hkv, N, D] (no
+    RoPE yet), v flat [B, N, Hkv * D]."""
     attn = layer.self_attn
-    h = layer.input_layernorm(x)
-    q = apply_rope(split_heads(attn.q_proj(h), attn.head_dim), cos, sin)
-    k = apply_rope(split_heads(attn.k_proj(h), attn.head_dim), cos, sin)
-    v_flat = attn.v_proj(h)
-    return q, k, split_heads(v_flat, attn.head_dim), v_flat
+    q_width, kv_width = attn.q_proj.weight.shape[0], attn.k_proj.weight.shape[0]
+    packed = F.linear(rms_norm(layer.input_layernorm, x), qkv)
+    q, k = packed[..., :q_width], packed[..., q_width:q_width + kv_width]
+    v_flat = packed[..., q_width + kv_width:]
+    return split_heads(q, attn.head_dim), split_heads(k, attn.head_dim), split_heads(v_flat, attn.head_dim), v_flat
+
+
+def llama_qkv(layer, qkv: torch.Tensor, x, cos, sin):
+    """q, k (RoPE applied), v as [B, heads, N, D], plus v flat [B, N, Hkv * D]; `qkv` is pack_qkv's matrix."""
+    q, k, v, v_flat = llama_project(layer, qkv, x)
+    return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, v_flat
 
 
 def llama_finish(layer, x, attn_out):
     """Output projection, residual and MLP of one LlamaDecoderLayer."""
     x = x + layer.self_attn.o_proj(merge_heads(attn_out))
-    return x + layer.mlp(layer.post_attention_layernorm(x))
+    return x + layer.mlp(rms_norm(layer.post_attention_layernorm, x))
 
 
 def llama_attend(layer, q, k, v, bias, need_probs=False):

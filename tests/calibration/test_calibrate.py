@@ -68,14 +68,16 @@ def test_int8_dir_loads_generates_and_records_its_quantization(none_int8, export
     manifest = read_manifest(out)
     q = manifest["quantization"]
     assert (q["precision"], q["method"], q["per_channel"], q["symmetric"]) == ("int8", "minmax", True, True)
-    assert q["graphs"] == ["vision", "prefill.0", "decode"]  # embed (a Gather) is copied as it is
+    assert q["graphs"] == ["vision", "decoder.0", "lm_head"]  # embed (a Gather) is copied as it is
     assert q["calibration"] == {**q["calibration"], "requests": 2, "source": "builtin", "held_out": 1}
-    assert q["calibration"]["feeds"] == {"vision": 2, "prefill.0": 2, "decode": 2}  # 1 decode step per request
-    assert set(manifest["files"]) >= {"vision.onnx", "vision.onnx.data", "decode.onnx.data", "embed.onnx",
-                                      "tokenizer/llm.json", "calibration/ranges.json", "calibration/decode.cache"}
+    # per request: its prefill and 1 decode step through the decoder graph and the LM head
+    assert q["calibration"]["feeds"] == {"vision": 2, "decoder.0": 4, "lm_head": 4}
+    assert set(manifest["files"]) >= {"vision.onnx", "vision.onnx.data", "decoder.0.onnx.data", "embed.onnx",
+                                      "tokenizer/llm.json", "calibration/ranges.json", "calibration/decoder.0.cache"}
     src = read_manifest(exported("none"))
     assert manifest["files"]["embed.onnx.data"] == src["files"]["embed.onnx.data"]
-    assert manifest["files"]["decode.onnx.data"]["bytes"] < src["files"]["decode.onnx.data"]["bytes"] / 3  # int8 weights
+    int8_bytes = manifest["files"]["decoder.0.onnx.data"]["bytes"]
+    assert int8_bytes < src["files"]["decoder.0.onnx.data"]["bytes"] / 3  # int8 weights
     result = open_engine_dir(out, "cpu").generate([Request(IMAGES / "rocket.jpg", "What is launching?")], 3)[0]
     assert len(result.token_ids) == 3 and all(0 <= t < manifest["model"]["vocab_size"] for t in result.token_ids)
     assert json.loads((out / "report.json").read_text())["summary"] == report["summary"]
@@ -83,14 +85,15 @@ def test_int8_dir_loads_generates_and_records_its_quantization(none_int8, export
 
 def test_weight_gemms_get_per_channel_symmetric_int8_and_activations_per_tensor(none_int8):
     out, _ = none_int8
-    graph = _graph(out, "decode")
+    graph = _graph(out, "decoder.0")
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     ops = [n.op_type for n in graph.node]
-    assert ops.count("QuantizeLinear") == 32 * 7  # a dedicated Q/DQ per GEMM input (q/k/v share a tensor, not a Q)
+    # a dedicated Q/DQ per GEMM input: q/k/v (one packed GEMM), o, gate, up and down per layer
+    assert ops.count("QuantizeLinear") == 32 * 5
     producers = _producers(graph)
     matmuls = [n for n in graph.node if n.op_type == "MatMul" and producers.get(n.input[1]) is not None
                and producers[n.input[1]].op_type == "DequantizeLinear"]
-    assert len(matmuls) == 32 * 7
+    assert len(matmuls) == 32 * 5
     for mm in matmuls:
         dq = producers[mm.input[1]]
         weight, scale, zero = (inits[i] for i in dq.input)
@@ -106,20 +109,21 @@ def test_lm_head_and_norms_stay_fp32(none_int8):
     out, _ = none_int8
     excluded = read_manifest(out)["quantization"]["excluded"]
     heads = {(e["graph"], e["node"]) for e in excluded if e["reason"] == "lm_head"}
-    assert {g for g, _ in heads} == {"prefill.0", "decode"}
+    assert {g for g, _ in heads} == {"lm_head"}
     for graph_name, node in heads:
         graph = _graph(out, graph_name)
         assert _float_inputs(graph, node)
         assert node in lm_head(graph)  # still the GEMM nearest to `logits`
-    graph = _graph(out, "prefill.0")
-    norm_ops = [n for n in graph.node if n.op_type in ("Pow", "ReduceMean", "Sqrt", "Reciprocal")]
-    assert len(norm_ops) == 65 * 4 and all(_float_inputs(graph, n.name) for n in norm_ops)
+    for name, count in (("decoder.0", 64), ("lm_head", 1)):
+        graph = _graph(out, name)
+        norm_ops = [n for n in graph.node if n.op_type == "RMSNormalization"]
+        assert len(norm_ops) == count and all(_float_inputs(graph, n.name) for n in norm_ops)
 
 
 def test_pruning_score_path_stays_fp32_and_kept_tokens_mostly_agree(ivtp_int8):
     out, report = ivtp_int8
     q = read_manifest(out)["quantization"]
-    assert "text_encoder" not in q["graphs"] and {"vision", "prefill.0", "prefill.4", "decode"} <= set(q["graphs"])
+    assert "text_encoder" not in q["graphs"] and {"vision", "prefill.0", "decoder.0", "decoder.4", "lm_head"} <= set(q["graphs"])
     score = [e for e in q["excluded"] if e["reason"] == "score_path"]
     assert {e["graph"] for e in score} == {"vision", "prefill.0", "prefill.1", "prefill.2", "prefill.3"}
     for name in ("vision", "prefill.0"):
@@ -127,8 +131,8 @@ def test_pruning_score_path_stays_fp32_and_kept_tokens_mostly_agree(ivtp_int8):
         topk = [n for n in graph.node if n.op_type == "TopK"]
         assert topk and all(_float_inputs(graph, n.name) for n in topk)
         gemms = [e["node"] for e in score if e["graph"] == name]
-        # prefill.0 (3 layers): the pseudo-CLS q/k/v/o/gate/up/down per layer and the rollout products
-        assert len(gemms) >= (21 if name == "prefill.0" else 3)
+        # prefill.0 (3 layers): the pseudo-CLS's packed q/k/v, o, gate, up and down per layer, the rollout products
+        assert len(gemms) >= (15 if name == "prefill.0" else 3)
         assert all(_float_inputs(graph, n) for n in gemms)
     summary = report["summary"]
     stages = summary["kept_overlap"]
@@ -149,9 +153,9 @@ def test_keep_fp32_flag_absent_means_the_default_and_empty_means_nothing(monkeyp
     seen = []
     monkeypatch.setattr("calibration.calibrate.calibrate", lambda cfg: seen.append(cfg.keep_fp32) or {})
     monkeypatch.setattr("calibration.report.format_report", lambda report: "")
-    for extra in ([], ["--keep-fp32", ""], ["--keep-fp32", "vision, decode/*"]):
+    for extra in ([], ["--keep-fp32", ""], ["--keep-fp32", "vision, decoder.0/*"]):
         assert cli.main(["calibrate", str(exported("none")), "--out", str(tmp_path / "x"), *extra]) == 0
-    assert seen == [None, (), ("vision", "decode/*")]
+    assert seen == [None, (), ("vision", "decoder.0/*")]
 
 
 def test_report_values(none_int8):
@@ -169,10 +173,10 @@ def test_report_values(none_int8):
 
 def test_caches_hold_the_ranges_the_quantized_graph_uses(none_int8):
     out, _ = none_int8
-    ranges = json.loads((out / "calibration" / "ranges.json").read_text())["graphs"]["decode"]
-    lines = (out / "calibration" / "decode.cache").read_text().splitlines()
+    ranges = json.loads((out / "calibration" / "ranges.json").read_text())["graphs"]["decoder.0"]
+    lines = (out / "calibration" / "decoder.0.cache").read_text().splitlines()
     assert lines[0] == "TRT-8601-MinMaxCalibration" and len(lines) == 1 + 32 * 4
-    graph = _graph(out, "decode")
+    graph = _graph(out, "decoder.0")
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     q_scale = {n.input[0]: float(inits[n.input[1]]) for n in graph.node if n.op_type == "QuantizeLinear"}
     for line in lines[1:]:
@@ -190,16 +194,18 @@ def test_captured_feeds_have_pruned_lengths_and_real_kv_caches(exported):
     feeds = capture_feeds(src, [Request(IMAGES / "coffee.jpg", "How many cups are on the table?")], max_new_tokens=3,
                           progress=lambda m: None)
     segments = manifest["pipeline"]["segments"]
-    visual = [feeds[s["graph"]][0]["visual_embeds"].shape[1] for s in segments]
-    assert visual == [manifest["vision_tokens_out"]] + [s["keep"] for s in segments[:-1]] == [120, 106, 92, 78, 64]
-    assert len(feeds["decode"]) == 2 and feeds["text_encoder"]
     prefill = feeds["prefill.0"][0]
     n_text = prefill["prefix_embeds"].shape[1] + prefill["suffix_embeds"].shape[1]
-    decode = feeds["decode"][1]  # the second decode step: caches hold one generated token already
+    visual = [feeds[s["prefill"]][0]["visual_embeds"].shape[1] for s in segments[:-1]]
+    visual.append(feeds[segments[-1]["decoder"]][0]["hidden_in"].shape[1] - n_text)  # its prefill: the whole prompt
+    assert visual == [manifest["vision_tokens_out"]] + [s["keep"] for s in segments[:-1]] == [120, 106, 92, 78, 64]
+    assert len(feeds["decoder.0"]) == 2 and len(feeds["decoder.4"]) == 3 and feeds["text_encoder"]
     for seg, n_vis in zip(segments, visual):
-        first = seg["layers"][0]
-        assert decode[f"past_key_values.{first}.key"].shape[2] == n_text + n_vis + 1
-    assert np.abs(decode["past_key_values.0.key"]).max() > 0
+        step = feeds[seg["decoder"]][-1]  # the second decode step: caches hold one generated token already
+        capacity = n_text + n_vis + 2  # room for the 2 tokens decode adds
+        assert step[f"past_key_values.{seg['layers'][0]}.key"].shape[2] == capacity
+        assert step["attention_mask"].sum() == capacity and int(step["write_index"][0]) == capacity - 1
+        assert np.abs(step[f"past_key_values.{seg['layers'][0]}.key"][:, :, :capacity - 1]).max() > 0
 
 
 # ------------------------------------------------------------------ bad input: exit 2, nothing written
@@ -305,14 +311,14 @@ def test_every_quantized_matmul_runs_as_an_int8_kernel_on_onnx_runtime(none_int8
 
     from engines.onnxruntime_runner import SessionFromOnnx
     out, _ = none_int8
-    graph = _graph(out, "decode")
+    graph = _graph(out, "decoder.0")
     producers = _producers(graph)
     quantized = sum(1 for n in graph.node if n.op_type == "MatMul" and n.input[1] in producers
                     and producers[n.input[1]].op_type == "DequantizeLinear")
-    assert quantized == 32 * 7, f"expected the decode graph's 224 linear layers quantized, found {quantized}"
+    assert quantized == 32 * 5, f"expected the decoder graph's 160 linear layers quantized, found {quantized}"
     options = ort.SessionOptions
     monkeypatch.setattr(ort, "SessionOptions", lambda: _dumping(options(), tmp_path / "optimized.onnx"))
-    SessionFromOnnx(out / "decode.onnx", ["CPUExecutionProvider"], qdq=True)()
+    SessionFromOnnx(out / "decoder.0.onnx", ["CPUExecutionProvider"], qdq=True)()
     ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx"), load_external_data=False).graph.node]
     assert ops.count("MatMulIntegerToFloat") == quantized
     assert "DequantizeLinear" not in ops

@@ -30,17 +30,21 @@ def test_a_manifest_reads_back_into_the_same_dataclasses(ivtp_dir):
     assert Manifest.from_json(m.to_json(), m.root) == m
     assert [s.stage for s in m.pipeline.segments if s.stage] == [s.name for s in m.stages if s.where == "llm"]
     assert m.pipeline.visual_ids == [[s.name for s in m.stages if s.where == "vision"][-1]]
-    assert m.graphs["decode"].dims["past_seq.0"] == [1, 632, 4096]
+    assert m.graphs["decoder.0"].dims["capacity.0"] == [1, 632, 4096]
+    assert m.graphs["decoder.0"].dims["seq"] == [1, 1, 4096]  # decode steps, the many calls, are the optimum
+    assert [(s.prefill, s.decoder) for s in m.pipeline.segments] == [(f"prefill.{j}", f"decoder.{j}") for j in range(4)] + [
+        (None, "decoder.4")]
 
 
 @pytest.mark.parametrize("edit, words", [
-    (lambda d, _: d["pipeline"].update(decode="decode2"), "the pipeline names graph 'decode2'"),
+    (lambda d, _: d["pipeline"].update(lm_head="head2"), "the pipeline names graph 'head2'"),
     (lambda d, _: d["pipeline"]["segments"][0].update(stage="llm.l99"), "stage 'llm.l99', which the manifest does not"),
     (lambda d, _: d["pipeline"]["segments"][0].update(layers=[0, 3]), "with gaps or overlaps"),
-    (lambda d, _: d["pipeline"]["segments"][0].update(head=True), "and only it, must end with the logits"),
+    (lambda d, _: d["pipeline"]["segments"][0].update(prefill=None), "but names no prefill graph"),
+    (lambda d, _: d["pipeline"]["segments"][-1].update(stage=d["pipeline"]["segments"][0]["stage"], prefill="prefill.0"), "the last segment prunes"),
     (lambda d, _: d["graphs"]["embed"]["dims"].pop("seq"), "graph embed has symbolic input dims ['seq'] without"),
-    (lambda d, _: d.update(colour="blue"), "does not hold a format 3 manifest"),
-    (lambda d, _: d.pop("pipeline"), "does not hold a format 3 manifest"),
+    (lambda d, _: d.update(colour="blue"), f"does not hold a format {FORMAT} manifest"),
+    (lambda d, _: d.pop("pipeline"), f"does not hold a format {FORMAT} manifest"),
 ])
 def test_an_inconsistent_manifest_is_refused_with_what_is_wrong(ivtp_dir, tmp_path, edit, words):
     with pytest.raises(EngineDirError, match=words.replace("(", r"\(").replace("[", r"\[")):

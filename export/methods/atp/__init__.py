@@ -6,7 +6,7 @@ the decoder, scores.py its maths."""
 from dataclasses import dataclass, field
 from functools import partial
 
-from export.graphs.parts import decode_graph, embed_graph, language_model, prefill_graph, vision_graph
+from export.graphs.parts import embed_graph, language_model, llm_graphs, vision_graph
 from export.methods.atp.pruner import AtpPruner
 from export.methods.registry import Method, MethodPlan, Schedule, register
 from export.models.facts import model_facts
@@ -46,21 +46,21 @@ class Atp(Method):
         schedule = self.schedule(cfg, dims)
         n_layers, grid, points = dims["llm_layers"], dims["image_size"] // dims["patch_size"], list(cfg.points)
         heads = _load_heads(cfg.heads, points, grid * grid) if cfg.heads else {}
-        lm, graphs, segments, spans, first = language_model(ckpt), {}, [], [], 0
+        segments, spans, pruners, first = [], [], {}, 0
         for j, stage in enumerate(schedule.stages):
-            name, point = f"prefill.{j}", stage.layer
+            point = stage.layer
             constant = None if cfg.heads else list(cfg.thresholds[2 * j:2 * j + 2]) if cfg.thresholds else [-1.0, 2.0]
-            graphs[name] = prefill_graph(lm, first, point, pruner=AtpPruner(grid, heads.get(point)), visual_mask=True)
-            segments.append(Segment(name, [first, point], stage.name, visual_mask=True, thresholds=constant))
+            pruners[j] = AtpPruner(grid, heads.get(point))
+            segments.append(Segment(f"decoder.{j}", [first, point], stage.name, visual_mask=True, thresholds=constant,
+                                    prefill=f"prefill.{j}"))
             spans.append((first, point))
             first = point + 1
-        name = f"prefill.{len(points)}"
-        graphs[name] = prefill_graph(lm, first, n_layers - 1, head=True, visual_mask=True)
-        segments.append(Segment(name, [first, n_layers - 1], head=True, visual_mask=True))
+        segments.append(Segment(f"decoder.{len(points)}", [first, n_layers - 1]))
         spans.append((first, n_layers - 1))
-        graphs.update({"vision": vision_graph(ckpt), "embed": embed_graph(ckpt), "decode": decode_graph(lm, spans)})
+        graphs = {"vision": vision_graph(ckpt), "embed": embed_graph(ckpt),
+                  **llm_graphs(language_model(ckpt), spans, pruners, visual_mask=True)}
         calibrate = None if cfg.heads or cfg.thresholds else partial(_calibrate, keep=cfg.keep)
-        return MethodPlan(graphs, Pipeline("vision", "embed", "decode", segments), schedule, calibrate)
+        return MethodPlan(graphs, Pipeline("vision", "embed", segments), schedule, calibrate)
 
 
 def _calibrate(generator, progress, keep: int):

@@ -64,7 +64,7 @@ def masked_forward(lm, pruner: AtpPruner, ex: Example, heads: dict | None, tempe
     out = {"masks": [], "kept_hard": [], "thresholds": []}
     for i, layer in enumerate(lm.layers):
         bias = causal + F.pad(log_keep, (n_pre, n_text))[:, None, None]
-        q, k, v, _ = llama_qkv(layer, x, cos, sin)
+        q, k, v, _ = llama_qkv(layer, lm.qkv[i], x, cos, sin)
         attn, _ = llama_attend(layer, q, k, v, bias, need_probs=True)  # explicit: SDPA's fallback is slower
         if heads and i in heads:
             view = SegmentView(n_pre, n_vis, suffix_mask, hard.long(), positions)

@@ -1,7 +1,7 @@
 """IVTP (ECCV 2024): GTP in the ViT (vision.py), then instruction-guided GTP with a pseudo-CLS in the first W
 decoder layers (llm.py); schedule.py fixes the keep count of every group."""
 from export.graphs.graph import GraphDef
-from export.graphs.parts import BATCH, decode_graph, embed_graph, language_model, prefill_graph, text_encoder_graph
+from export.graphs.parts import BATCH, embed_graph, language_model, llm_graphs, text_encoder_graph
 from export.methods.ivtp.llm import IvtpPruner
 from export.methods.ivtp.schedule import IvtpConfig, resolve
 from export.methods.ivtp.vision import PrunedVision
@@ -34,22 +34,21 @@ class Ivtp(Method):
     def build(self, ckpt, cfg: IvtpConfig) -> MethodPlan:
         dims = model_facts(ckpt)
         schedule = self.schedule(cfg, dims)
-        lm, graphs, segments, spans, first = language_model(ckpt), {}, [], [], 0
+        segments, spans, pruners, first = [], [], {}, 0
         for j, stage in enumerate(s for s in schedule.stages if s.where == "llm"):
-            name, top = f"prefill.{j}", stage.layer
-            pruner = IvtpPruner(stage.keep, range(max(first, top - cfg.group + 1), top + 1), cfg.fusion)
-            graphs[name] = prefill_graph(lm, first, top, pruner=pruner)
-            segments.append(Segment(name, [first, top], stage.name, stage.keep, pseudo_cls=True))
+            top = stage.layer
+            pruners[j] = IvtpPruner(stage.keep, range(max(first, top - cfg.group + 1), top + 1), cfg.fusion)
+            segments.append(Segment(f"decoder.{j}", [first, top], stage.name, stage.keep, pseudo_cls=True,
+                                    prefill=f"prefill.{j}"))
             spans.append((first, top))
             first = top + 1
-        last, name = dims["llm_layers"] - 1, f"prefill.{len(segments)}"  # resolve() left at least one layer here
-        graphs[name] = prefill_graph(lm, first, last, head=True)
-        segments.append(Segment(name, [first, last], head=True))
+        last = dims["llm_layers"] - 1  # resolve() left at least one layer after the last stage
+        segments.append(Segment(f"decoder.{len(segments)}", [first, last]))
         spans.append((first, last))
-        graphs.update({"vision": ivtp_vision_graph(ckpt, schedule, cfg.group, cfg.fusion), "embed": embed_graph(ckpt),
-                       "decode": decode_graph(lm, spans)})
+        graphs = {"vision": ivtp_vision_graph(ckpt, schedule, cfg.group, cfg.fusion), "embed": embed_graph(ckpt),
+                  **llm_graphs(language_model(ckpt), spans, pruners)}
         if cfg.use_text:
             graphs["text_encoder"] = text_encoder_graph(ckpt)
-        pipeline = Pipeline("vision", "embed", "decode", segments, "text_encoder" if cfg.use_text else None, cfg.tau,
+        pipeline = Pipeline("vision", "embed", segments, "text_encoder" if cfg.use_text else None, cfg.tau,
                             schedule.visual_ids)
         return MethodPlan(graphs, pipeline, schedule)

@@ -33,14 +33,15 @@ class IvtpPruner(LlmPruner):
 
     def begin(self, lm, view: SegmentView, inputs: list) -> dict:
         pseudo_cls, position = inputs
-        return {"hidden": pseudo_cls, "rope": rope_cos_sin(lm.inv_freq, position), "view": view, "block_attns": []}
+        return {"hidden": pseudo_cls, "rope": rope_cos_sin(lm.inv_freq, position), "view": view, "block_attns": [],
+                "qkv": lm.qkv}
 
     def observe(self, state: dict, index: int, layer, attention: LayerAttention) -> dict:
         """The pseudo-CLS through this layer, over the prefix, the visual block and itself; in a rollout layer,
         the attention over [pseudo-CLS, visual] for GTP."""
         view = state["view"]
         n_sys_vis = view.n_pre + view.n_vis
-        pq, pk, pv, _ = llama_qkv(layer, state["hidden"], *state["rope"])
+        pq, pk, pv, _ = llama_qkv(layer, state["qkv"][index], state["hidden"], *state["rope"])
         keys = torch.cat([attention.k[:, :, :n_sys_vis], pk], 2)
         values = torch.cat([attention.v[:, :, :n_sys_vis], pv], 2)
         rollout = attention.probs is not None

@@ -156,9 +156,12 @@ def test_first_point_keeps_what_the_inference_segment_keeps(ckpt, examples):
         heads[3].spatial.weight.normal_(std=0.1)
         train = masked_forward(lm, AtpPruner(24), ex, heads, 1e4)
         n_pre, n_suffix = ex.prefix.shape[1], ex.n_prompt
+        cfg = ckpt.llava.config.text_config
+        n = n_pre + 576 + n_suffix
+        buffers = [torch.zeros(1, cfg.num_key_value_heads, n, cfg.hidden_size // cfg.num_attention_heads)] * 8
         seg = PrefillSegment(lm, 0, 3, pruner=AtpPruner(24, heads[3]))(
             ex.prefix, ex.visual, ex.text[:, :n_suffix], n_pre + torch.arange(576)[None],
-            n_pre + 576 + torch.arange(n_suffix)[None], torch.ones(1, n_suffix, dtype=torch.long))
+            n_pre + 576 + torch.arange(n_suffix)[None], torch.ones(1, n_suffix, dtype=torch.long), buffers)
     count = int(seg["kept_count"][0])
     assert 0 < count < 576 and int(train["kept_hard"][0][0]) == count
     assert sorted(seg["kept"][0, :count].tolist()) == torch.nonzero(train["masks"][0][0] > 0.5)[:, 0].tolist()

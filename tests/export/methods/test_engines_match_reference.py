@@ -39,5 +39,10 @@ def test_engines_equal_the_torch_reference_single_and_batched(exported, method):
 @pytest.mark.parametrize("method", METHODS)
 def test_every_graph_passes_the_tensorrt_check(exported, method):
     """Clean for TensorRT 10.14 (the first to parse ONNX Attention), warnings included: every TopK has a
-    constant k, every dynamic dim a profile range, and integer I/O is int32."""
-    assert check_engine_dir(exported(method), trt_version=(10, 14)) == []
+    constant k, every dynamic dim a profile range, and integer I/O is int32. All it finds are the norms and RoPE
+    that opset 23 fuses for ONNX Runtime, each with its fix (tests/runtime/tensorrt/test_check.py exports
+    --opset 18 and checks that clean)."""
+    problems = check_engine_dir(exported(method), trt_version=(10, 14))
+    assert problems and {(p.rule, p.message.split()[1]) for p in problems} <= {
+        ("unsupported-op", "RMSNormalization"), ("unsupported-op", "RotaryEmbedding")}
+    assert all("--opset 18" in p.message for p in problems)

@@ -6,7 +6,7 @@ from transformers import AutoProcessor
 
 from export.methods.ivtp.vision import PrunedVision
 from export.models.checkpoint import load_checkpoint
-from export.modules.decoder import DecodeStep, LanguageModelParts, PrefillSegment
+from export.modules.decoder import DecoderLayers, LanguageModelParts, LogitsHead
 from export.modules.text_encoder import TokenEmbeddings
 from tests.conftest import IMAGES
 
@@ -57,7 +57,9 @@ def test_text_token_embeddings_pool_to_clip_text_features(ckpt):
     assert (per_token[0, eos] - pooled[0]).abs().max().item() < 1e-5
 
 
-def test_prefill_and_decode_equal_hf_logits(ckpt, pixels):
+def test_decoder_layers_prefill_and_decode_equal_hf_logits(ckpt, pixels):
+    """One DecoderLayers module over the prompt (slots 0..n-1 of buffers with room for one more), then over the
+    next token (slot n): HF's logits both times, and the prompt's slots untouched by the step."""
     llava = ckpt.llava
     processor = AutoProcessor.from_pretrained(ckpt.model_dir)
     inputs = processor(images=Image.open(IMAGES / "chelsea.jpg"), text="USER: <image>\nDescribe it. ASSISTANT:",
@@ -66,18 +68,26 @@ def test_prefill_and_decode_equal_hf_logits(ckpt, pixels):
     image_pos = (ids[0] == llava.config.image_token_id).nonzero()[:, 0]
     p, v = int(image_pos[0]), len(image_pos)
     lm = LanguageModelParts(llava.model.language_model, llava.lm_head)
+    layers, head = DecoderLayers(lm, 0, 31), LogitsHead(lm)
+    cfg = llava.config.text_config
+    n = ids.shape[1]
+    past = [torch.zeros(1, cfg.num_key_value_heads, n + 1, cfg.hidden_size // cfg.num_attention_heads)
+            for _ in range(64)]
     with torch.no_grad():
         hf = llava(**inputs).logits[:, -1]
         feats = llava.model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output[0][None]
         emb = llava.model.language_model.embed_tokens(ids)
-        n = ids.shape[1]
-        out = PrefillSegment(lm, 0, 31, head=True)(
-            emb[:, :p], feats, emb[:, p + v:], torch.arange(p, p + v)[None], torch.arange(p + v, n)[None],
-            torch.ones(1, n - p - v, dtype=torch.long))
-        assert (out["logits"] - hf).abs().max().item() < 1e-4
+        x = torch.cat([emb[:, :p], feats, emb[:, p + v:]], 1)
+        mask = torch.zeros(1, n, n + 1, dtype=torch.bool)
+        mask[0, :, :n] = torch.ones(n, n, dtype=torch.bool).tril()
+        out = layers(x, torch.arange(n)[None], mask, torch.zeros(1, dtype=torch.long), past)
+        assert (head(out["hidden_out"][:, -1]) - hf).abs().max().item() < 1e-4
+        assert all(p.abs().max() == 0 for p in past)  # torch leaves the fed buffers as they were
         nxt = hf.argmax(-1)
         hf_next = llava(input_ids=torch.cat([ids, nxt[:, None]], 1), pixel_values=inputs["pixel_values"]).logits[:, -1]
-        past = [out[f"present.{i}.{kind}"] for i in range(32) for kind in ("key", "value")]
-        step = DecodeStep(lm, [0] * 32)(llava.model.language_model.embed_tokens(nxt[:, None]), torch.tensor([[n]]),
-                                        [torch.ones(1, n, dtype=torch.long)], past)
-    assert (step["logits"] - hf_next).abs().max().item() < 1e-4
+        cached = [out[f"present.{i}.{kind}"] for i in range(32) for kind in ("key", "value")]
+        step = layers(llava.model.language_model.embed_tokens(nxt[:, None]), torch.tensor([[n]]),
+                      torch.ones(1, 1, n + 1, dtype=torch.bool), torch.tensor([n]), cached)
+    assert (head(step["hidden_out"][:, -1]) - hf_next).abs().max().item() < 1e-4
+    assert torch.equal(step["present.5.key"][:, :, :n], cached[10][:, :, :n])
+    assert step["present.5.key"][:, :, n].abs().max() > 0

@@ -16,36 +16,34 @@ def test_dim_ranges_follow_the_model_facts():
     assert dim_range("visual_tokens", {**MODEL, "num_patches": 256}) == (1, 256, 256)
     assert dim_range("prefix", MODEL) == (1, 8, 4096)
     assert dim_range("suffix", MODEL) == (1, 48, 4096)
-    assert dim_range("seq", MODEL) == (1, 64, 4096)
-    assert dim_range("seq", MODEL, decode_step=True) == (1, 1, 4096)
+    assert dim_range("seq", MODEL) == (1, 1, 4096)  # new tokens: a prompt at prefill, one per decode step
     assert dim_range("clip_tokens", MODEL) == (1, 32, 77)
-    assert dim_range("past_seq.3", MODEL) == (1, 576 + 8 + 48, 4096)
-    assert dim_range("seq", {**MODEL, "max_positions": 32}) == (1, 32, 32)
+    assert dim_range("capacity.3", MODEL) == (1, 576 + 8 + 48, 4096)
+    assert dim_range("prefix", {**MODEL, "max_positions": 32}) == (1, 8, 32)
+    assert dim_range("suffix", {**MODEL, "max_positions": 32}) == (1, 32, 32)
 
 
 def test_unknown_dims_and_bad_batch_ranges_are_refused_with_the_fix():
-    with pytest.raises(ConfigError, match="'s0'.*past_seq.<n>"):
+    with pytest.raises(ConfigError, match="'s0'.*capacity.<n>"):
         dim_range("s0", MODEL)
-    with pytest.raises(ConfigError, match="'past_seq'.*past_seq.<n>"):
-        dim_range("past_seq", MODEL)
+    with pytest.raises(ConfigError, match="'capacity'.*capacity.<n>"):
+        dim_range("capacity", MODEL)
     with pytest.raises(ConfigError, match="--max-batch"):
         ProfileConfig(max_batch=0)
 
 
 def test_profiles_of_the_exported_none_dir(none_dir):
     profiles = manifest_profiles(read_manifest(none_dir), ProfileConfig(max_batch=2))
-    assert set(profiles) == {"vision", "embed", "prefill.0", "decode"}
+    assert set(profiles) == {"vision", "embed", "decoder.0", "lm_head"}
     assert profiles["vision"] == {"pixel_values": ((1, 3, 336, 336), (1, 3, 336, 336), (2, 3, 336, 336))}
-    assert profiles["embed"] == {"input_ids": ((1, 1), (1, 64), (2, 4096))}
-    prefill = profiles["prefill.0"]
-    assert prefill["prefix_embeds"] == ((1, 1, 64), (1, 8, 64), (2, 4096, 64))
-    assert prefill["visual_embeds"] == ((1, 1, 64), (1, 576, 64), (2, 576, 64))
-    assert prefill["suffix_mask"] == ((1, 1), (1, 48), (2, 4096))
-    decode = profiles["decode"]
-    assert decode["inputs_embeds"] == ((1, 1, 64), (1, 1, 64), (2, 4096, 64))
-    assert decode["past_mask.0"] == ((1, 1), (1, 632), (2, 4096))
-    assert decode["past_key_values.31.value"] == ((1, 4, 1, 16), (1, 4, 632, 16), (2, 4, 4096, 16))
-    assert len(decode) == 3 + 64
+    assert profiles["embed"] == {"input_ids": ((1, 1), (1, 1), (2, 4096))}
+    decoder = profiles["decoder.0"]
+    assert decoder["hidden_in"] == ((1, 1, 64), (1, 1, 64), (2, 4096, 64))
+    assert decoder["attention_mask"] == ((1, 1, 1), (1, 1, 632), (2, 4096, 4096))
+    assert decoder["write_index"] == ((1,), (1,), (2,))
+    assert decoder["past_key_values.31.value"] == ((1, 4, 1, 16), (1, 4, 632, 16), (2, 4, 4096, 16))
+    assert len(decoder) == 4 + 64
+    assert profiles["lm_head"] == {"hidden_last": ((1, 64), (1, 64), (2, 64))}
 
 
 def test_profiles_of_the_exported_ivtp_dir_cover_every_segment_cache_and_the_clip_text(ivtp_dir):
@@ -55,10 +53,11 @@ def test_profiles_of_the_exported_ivtp_dir_cover_every_segment_cache_and_the_cli
     for name, record in manifest.graphs.items():
         dynamic = {t.name for t in record.inputs if any(isinstance(d, str) for d in t.shape)}
         assert set(profiles[name]) == dynamic, name
-    segments = len(manifest.pipeline.segments)
-    decode = profiles[manifest.pipeline.decode]
-    for s in range(segments):
-        assert decode[f"past_mask.{s}"] == ((1, 1), (1, 632), (4, 4096))
+    for segment in manifest.pipeline.segments:
+        assert profiles[segment.decoder]["attention_mask"] == ((1, 1, 1), (1, 1, 632), (4, 4096, 4096))
+        if segment.prefill:
+            cache = profiles[segment.prefill][f"past_key_values.{segment.first}.key"]
+            assert cache == ((1, 4, 1, 16), (1, 4, 632, 16), (4, 4, 4096, 16))
     text = profiles[manifest.pipeline.text_encoder]
     assert text["input_ids"] == ((1, 1), (1, 32), (4, 77))
     assert manifest.graphs["text_encoder"].dims["clip_tokens"] == [1, 32, 77]  # CLIP's positions, from its config
