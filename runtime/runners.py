@@ -12,11 +12,13 @@ REBUILD = "A plan runs only with the TensorRT version and GPU it was built on: b
 
 
 def open_onnxruntime(manifest: Manifest, providers: list[str] | None = None,
-                     kv_device: str | None = "auto") -> dict[str, OnnxrtRunner]:
-    """kv_device: see OnnxrtRunner ("auto": KV caches stay on the GPU when the sessions run there)."""
+                     kv_device: str | None = "auto", threads: int = 0) -> dict[str, OnnxrtRunner]:
+    """kv_device: see OnnxrtRunner ("auto": KV caches stay on the GPU when the sessions run there); threads: intra-op
+    threads per session (0: ONNX Runtime's default, one per physical core)."""
     runners, qdq = {}, set((manifest.quantization or {}).get("graphs", []))
     for name, record in manifest.graphs.items():
-        runner = OnnxrtRunner(SessionFromOnnx(manifest.graph_file(name), providers, qdq=name in qdq), name, kv_device)
+        loader = SessionFromOnnx(manifest.graph_file(name), providers, threads, qdq=name in qdq)
+        runner = OnnxrtRunner(loader, name, kv_device)
         check_engine(name, record, runner, record.file, "Export the engine dir again.")
         runners[name] = runner
     return runners
