@@ -98,7 +98,7 @@ def _engine_dir(tmp_path, base_dir, method, stages, vision_out, config=None, pip
     """An engine dir whose manifest is a real export's with the 7B's dims and these stages and segments (FLOPs read
     the stages, the tokens into the LLM, and which segments carry a pseudo-CLS)."""
     manifest = read_manifest(base_dir)
-    head = {"graph": "prefill.4", "layers": [0, 31], "head": True}
+    head = {"decoder": "decoder.4", "layers": [0, 31]}
     manifest["pipeline"].update({"text_encoder": None, "visual_ids": [], "segments": [head], **(pipeline or {})})
     manifest.update(method=method, config=config or {}, stages=stages, vision_tokens_out=vision_out,
                     model={**manifest["model"], **D7}, source={**manifest["source"], "clip": None})  # CLIP-L counted
@@ -111,8 +111,8 @@ def test_engine_dir_uses_manifest_stages(tmp_path, ivtp_dir):
               {"name": "vit.l22", "where": "vision", "layer": 22, "keep": 100},
               {"name": "llm.l5", "where": "llm", "layer": 5, "keep": 50}]
     pipeline = {"text_encoder": "text_encoder", "segments": [
-        {"graph": "prefill.0", "layers": [0, 5], "pseudo_cls": True, "stage": "llm.l5"},
-        {"graph": "prefill.4", "layers": [6, 31], "head": True}]}
+        {"decoder": "decoder.0", "prefill": "prefill.0", "layers": [0, 5], "pseudo_cls": True, "stage": "llm.l5"},
+        {"decoder": "decoder.4", "layers": [6, 31]}]}
     r = flops_report(_engine_dir(tmp_path, ivtp_dir, "ivtp", stages, 100, {"keep": 50, "use_text": True}, pipeline),
                      "ivtp", 512)
     t = r["visual_tokens_per_layer"]
