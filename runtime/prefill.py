@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from engines.kv_names import PAST_PREFIX, kv_names
 from runtime import io_names as io
 from runtime.feeds import DTYPE_NAMES, cast_floats, float_inputs
 from runtime.manifest import Manifest, Segment
@@ -58,7 +59,7 @@ class VisualBlock:
         return {"count": n, "raster_ids": None if self.merged else sorted(self.ids[b, :n].tolist())}
 
 
-KV = ("key", "value")
+PAST = PAST_PREFIX.rstrip(".")
 
 
 @dataclass
@@ -73,7 +74,7 @@ class SegmentCache:
         self.layers.update({i: (out[f"present.{i}.key"], out[f"present.{i}.value"]) for i in range(seg.first, seg.last + 1)})
 
     def past(self) -> dict:
-        return {f"past_key_values.{i}.{kind}": cache for i, kv in self.layers.items() for kind, cache in zip(KV, kv)}
+        return dict(zip(kv_names(PAST, self.layers), (cache for kv in self.layers.values() for cache in kv)))
 
     def nbytes(self) -> int:
         """Bytes of the slots written, not of the room left for decode."""
@@ -93,7 +94,7 @@ def empty_buffers(manifest: Manifest, seg: Segment, batch: int, capacity: int) -
     """Zeroed KV buffers for a segment's layers, in the graphs' dtype, as past_key_values.* feeds."""
     facts, dtype = manifest.model, np.dtype(DTYPE_NAMES[manifest.dtype])
     shape = (batch, facts["kv_heads"], capacity, facts["head_dim"])
-    return {f"past_key_values.{i}.{kind}": np.zeros(shape, dtype) for i in range(seg.first, seg.last + 1) for kind in KV}
+    return {name: np.zeros(shape, dtype) for name in kv_names(PAST, range(seg.first, seg.last + 1))}
 
 
 def nbytes(cache) -> int:
