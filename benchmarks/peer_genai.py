@@ -76,7 +76,7 @@ class Peer:
 
 def llm_prefill_ms(timings: dict) -> float:
     """The decoder's share of prefill: its segments' graphs and the LM head (not vision, CLIP text or embed)."""
-    return sum(v for k, v in timings.items() if k.startswith(("decoder.", "prefill.")) or k == "lm_head")
+    return sum(v for k, v in timings.items() if k.startswith(("decoder.", "prune.")) or k == "lm_head")
 
 
 def measure(dirs: dict, peers: dict, runs: int, new_tokens: int, threads: int, progress) -> dict:

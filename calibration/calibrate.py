@@ -62,9 +62,9 @@ def default_keep_fp32(manifest) -> tuple[str, ...]:
 
 
 def graphs_to_quantize(manifest, keep_fp32) -> list[str]:
-    """Every graph but the CLIP text encoder (pruning relevance only), the token embedding (a Gather) and graphs
-    named in --keep-fp32."""
-    skip = {manifest.pipeline.text_encoder, manifest.pipeline.embed}
+    """Every graph but the CLIP text encoder (pruning relevance only), the token embedding (a Gather), graphs
+    without weights (prune graphs: pruning decisions only) and graphs named in --keep-fp32."""
+    skip = {manifest.pipeline.text_encoder, manifest.pipeline.embed} | {n for n, r in manifest.graphs.items() if not r.data}
     names = [n for n in manifest.graphs if n not in skip and not any(fnmatchcase(n, p) for p in keep_fp32)]
     if not names:
         raise ConfigError(f"--keep-fp32 {','.join(keep_fp32)} leaves no graph to quantize in {manifest.root}")

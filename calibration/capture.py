@@ -5,22 +5,20 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.kv_names import PAST_PREFIX
 from runtime.load import open_engine_dir
 from runtime.request import Request
 
 
 class RecordingRunner:
     """Wraps a runner (infer(feed) -> dict) and keeps every feed it is given (and, optionally, its outputs). Numpy
-    KV buffers are kept as copies taken before the call: the runner writes them in place."""
+    feeds are kept as copies taken before the call: KV buffers are written in place, by this runner and later ones."""
 
     def __init__(self, runner, keep_outputs: bool = False):
         self.runner, self.keep_outputs = runner, keep_outputs
         self.feeds, self.outputs = [], []
 
     def infer(self, feed: dict) -> dict:
-        self.feeds.append({k: v.copy() if k.startswith(PAST_PREFIX) and isinstance(v, np.ndarray) else v
-                           for k, v in feed.items()})
+        self.feeds.append({k: v.copy() if isinstance(v, np.ndarray) else v for k, v in feed.items()})
         out = self.runner.infer(feed)
         if self.keep_outputs:
             self.outputs.append(out)

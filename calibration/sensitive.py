@@ -6,9 +6,8 @@ from fnmatch import fnmatchcase
 
 import onnx
 
-# Outputs that only feed pruning decisions at runtime: kept indices, the CLS vectors for CLIP relevance,
-# the pseudo-CLS hidden state that guides the next pruning point.
-SCORE_OUTPUTS = ["kept", "kept.*", "kept_count", "pseudo_cls_hidden", "cls_joint", "cls_llm"]
+# Outputs that only feed pruning decisions at runtime: kept indices, the CLS vectors for CLIP relevance.
+SCORE_OUTPUTS = ["kept", "kept.*", "kept_count", "cls_joint", "cls_llm"]
 NORM_OPS = {"LayerNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization", "RMSNormalization",
             "SkipSimplifiedLayerNormalization", "GroupNormalization", "InstanceNormalization", "BatchNormalization"}
 SOFTMAX_OPS = {"Softmax", "LogSoftmax"}

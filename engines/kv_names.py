@@ -3,8 +3,9 @@
 takes both is one buffer updated in place: present is past with the new tokens written into it (ONNX ScatterND),
 as onnxruntime-genai's past_present_share_buffer does."""
 
-KV_PREFIX = "present."  # the KV-cache outputs, which a GPU runner may leave on the device
-PAST_PREFIX = "past_key_values."  # the KV-cache inputs (decode)
+PAST, PRESENT = "past_key_values", "present"  # kv_names' prefixes: the caches in, the caches out
+KV_PREFIX = PRESENT + "."  # the KV-cache outputs, which a GPU runner may leave on the device
+PAST_PREFIX = PAST + "."  # the KV-cache inputs
 
 
 def kv_names(prefix: str, layers) -> list[str]:

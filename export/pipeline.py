@@ -127,7 +127,8 @@ def _validate(name, path: Path, runner: TorchRunner, feeds: list, dtype: str) ->
     with OnnxrtRunner(SessionFromOnnx(path, ["CPUExecutionProvider"]), name) as ort_runner:
         sig = ort_runner.io_signature()
         describe = lambda items: [TensorRecord(n, np.dtype(t).name, s) for n, t, s in items]  # noqa: E731
-        record = GraphRecord(path.name, describe(sig["inputs"]), describe(sig["outputs"]), {}, path.name + ".data")
+        data = path.name + ".data" if (path.parent / (path.name + ".data")).exists() else None
+        record = GraphRecord(path.name, describe(sig["inputs"]), describe(sig["outputs"]), {}, data)
         agreements = [compare(name, runner.infer(feed), ort_runner.infer(cast_floats(_copied(feed), float_inputs(record))),
                               TOLERANCES[dtype]) for feed in feeds]
     return Agreement.worst(agreements), record

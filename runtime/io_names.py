@@ -6,12 +6,9 @@ VISION_OUT = ["image_features"]  # plus kept.<stage> per vision pruning point
 VISION_CLS_OUT = ["cls_joint", "cls_llm"]  # only where a method needs the visual CLS
 TEXT_IN, TEXT_OUT = ["input_ids"], ["token_embeddings"]
 EMBED_IN, EMBED_OUT = ["input_ids"], ["inputs_embeds"]
-PREFILL_IN = ["prefix_embeds", "visual_embeds", "suffix_embeds", "visual_positions", "suffix_positions", "suffix_mask"]
-PSEUDO_CLS_IN = ["pseudo_cls", "pseudo_cls_position"]
+PRUNE_IN = ["attention_mask", "visual_positions", "suffix_mask"]  # then q.<l> and key.<l> per tap, value.<last>
 VISUAL_MASK_IN = ["visual_mask"]  # segments whose visual block is padded (per-request counts, ATP)
 THRESHOLDS_IN = ["thresholds"]  # ATP's calibrated (theta_r, theta_s), fed from the manifest
-HIDDEN_OUT = ["prefix_hidden", "visual_hidden", "suffix_hidden"]
-PSEUDO_CLS_OUT = ["pseudo_cls_hidden"]
 KEPT_OUT, KEPT_COUNT_OUT, LOGITS_OUT = ["kept"], ["kept_count"], ["logits"]
 DECODER_IN, DECODER_OUT = ["hidden_in", "position_ids", "attention_mask", "write_index"], ["hidden_out"]
 LM_HEAD, LM_HEAD_IN = "lm_head", ["hidden_last"]
@@ -25,8 +22,18 @@ def decoder_graph(segment: int) -> str:
     return f"decoder.{segment}"
 
 
-def prefill_graph(segment: int) -> str:
-    return f"prefill.{segment}"
+def prune_graph(segment: int) -> str:
+    return f"prune.{segment}"
+
+
+def query_tap(layer: int) -> str:
+    """A decoder graph's output of that layer's queries, for its segment's prune graph."""
+    return f"q.{layer}"
+
+
+def cached(kind: str, layer: int) -> str:
+    """A prune graph's input: a layer's key or value cache buffer, as the decoder graph just wrote it."""
+    return f"{kind}.{layer}"
 
 
 def capacity(segment: int) -> str:

@@ -12,8 +12,9 @@ from runtime.engine_dir import file_records, size_problems
 from runtime.errors import EngineDirError
 
 MANIFEST = "manifest.json"
-FORMAT = 4  # 2: integer graph I/O is int32; 3: typed records, dim ranges per graph, pipeline.visual_ids;
-# 4: a decoder graph per segment over KV buffers written in place, prefill graphs only where a segment prunes, lm_head
+FORMAT = 5  # 2: integer graph I/O is int32; 3: typed records, dim ranges per graph, pipeline.visual_ids;
+# 4: a decoder graph per segment over KV buffers written in place, prefill graphs only where a segment prunes, lm_head;
+# 5: weight-free prune graphs in their place, after the decoder graph's prefill
 
 
 @dataclass
@@ -61,21 +62,19 @@ class Stage:
 
 @dataclass
 class Segment:
-    """Decoder layers [first, last]. `decoder` runs them for new tokens against the segment's KV buffers: every
-    decode step, and the prefill unless the segment prunes after `last` (it has a stage); then `prefill` does."""
+    """Decoder layers [first, last]. `decoder` runs them for new tokens against the segment's KV buffers: the
+    prompt, then every decode step. A segment with a stage prunes after `last`: its `prune` graph decides from the
+    queries the decoder graph handed out over the prompt and the keys it cached."""
     decoder: str
     layers: list[int]  # [first, last]
     stage: str | None = None
     keep: int | None = None
-    prefill: str | None = None  # the graph that prefills a pruning segment (the pruner needs what decode does not)
-    pseudo_cls: bool = False  # the prefill takes IVTP's pseudo-CLS query (and hands it on)
-    visual_mask: bool = False  # the prefill takes the padding mask of a visual block padded to the longest request
+    prune: str | None = None  # the graph that decides which visual tokens go on
+    taps: list[int] = field(default_factory=list)  # layers whose queries (q.<l>) and keys the prune graph reads
+    reads_values: bool = False  # the prune graph also reads the values of layer `last`
+    pseudo_cls: bool = False  # the prompt ends with IVTP's pseudo-CLS token, whose output the next segment takes
+    visual_mask: bool = False  # the prune graph takes the padding mask of a visual block padded to the longest request
     thresholds: list[float] | None = None  # ATP's (theta_r, theta_s), fed as an input so calibration needs no export
-
-    @property
-    def graph(self) -> str:
-        """The graph that prefills the segment."""
-        return self.prefill or self.decoder
 
     @property
     def first(self) -> int:
@@ -101,7 +100,7 @@ class Pipeline:
 
     def graph_names(self) -> list[str]:
         return [self.vision, self.embed, self.lm_head, *([self.text_encoder] if self.text_encoder else []),
-                *(g for s in self.segments for g in ([s.prefill] if s.prefill else []) + [s.decoder])]
+                *(g for s in self.segments for g in [s.decoder] + ([s.prune] if s.prune else []))]
 
     @classmethod
     def from_json(cls, d: dict) -> "Pipeline":
@@ -206,12 +205,12 @@ def structure_problems(m: Manifest) -> list[str]:
     problems = [f"the pipeline names graph {g!r}, which the manifest has no record of"
                 for g in m.pipeline.graph_names() if g not in m.graphs]
     stages = {s.name for s in m.stages}
-    problems += [f"segment {s.graph} prunes at stage {s.stage!r}, which the manifest does not list"
+    problems += [f"segment {s.decoder} prunes at stage {s.stage!r}, which the manifest does not list"
                  for s in m.pipeline.segments if s.stage is not None and s.stage not in stages]
     problems += [f"pipeline.visual_ids names stage {s!r}, which the manifest does not list"
                  for s in m.pipeline.visual_ids or () if s not in stages]
-    problems += [f"segment {s.decoder} prunes at stage {s.stage!r} but names no prefill graph"
-                 for s in m.pipeline.segments if s.stage is not None and s.prefill is None]
+    problems += [f"segment {s.decoder} prunes at stage {s.stage!r} but names no prune graph"
+                 for s in m.pipeline.segments if s.stage is not None and s.prune is None]
     if m.pipeline.segments and m.pipeline.segments[-1].stage is not None:
         problems.append("the last segment prunes, but no decoder layer follows to see what it kept")
     layers = [layer for s in m.pipeline.segments for layer in range(s.first, s.last + 1)]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from engines.kv_names import PAST_PREFIX, kv_names
+from engines.kv_names import PAST, kv_names
 from runtime import io_names as io
 from runtime.feeds import DTYPE_NAMES, cast_floats, float_inputs
 from runtime.manifest import Manifest, Segment
@@ -46,20 +46,19 @@ class VisualBlock:
     merged: bool = False  # the tokens are merges, which no raster id names
 
     def pruned(self, hidden: np.ndarray, kept: np.ndarray, counts: np.ndarray) -> "VisualBlock":
-        """What a segment that kept `kept` ([B, V'] indices into this block, a request's `counts` first) hands on."""
+        """What a segment hands on that kept `kept` ([B, V'] indices into this block, a request's `counts` first) of
+        its output `hidden` [B, V, H]."""
         width = int(counts.max())  # the longest request sets the width
         kept = kept[:, :width]
         mask = (np.arange(width) < counts[:, None]).astype(np.int32)
-        return replace(self, embeds=hidden[:, :width], positions=np.take_along_axis(self.positions, kept, 1),
-                       mask=mask, ids=np.take_along_axis(self.ids, kept, 1))
+        return replace(self, embeds=np.take_along_axis(hidden, kept[..., None], 1),
+                       positions=np.take_along_axis(self.positions, kept, 1), mask=mask,
+                       ids=np.take_along_axis(self.ids, kept, 1))
 
     def report(self, b: int) -> dict:
         """Request b's visual tokens as a result states them."""
         n = int(self.mask[b].sum())
         return {"count": n, "raster_ids": None if self.merged else sorted(self.ids[b, :n].tolist())}
-
-
-PAST = PAST_PREFIX.rstrip(".")
 
 
 @dataclass
@@ -128,21 +127,6 @@ def entering_block(manifest: Manifest, features: np.ndarray, stages: list, n_pre
     return VisualBlock(features, positions, np.ones((batch, n_vis), np.int32), ids, merged=named is None)
 
 
-def segment_feed(seg: Segment, prefix, visual: VisualBlock, suffix, suffix_positions, suffix_mask, pseudo: dict,
-                 buffers: dict) -> dict:
-    """The feed of a pruning segment's prefill graph."""
-    feed = {"prefix_embeds": prefix, "visual_embeds": visual.embeds, "suffix_embeds": suffix,
-            "visual_positions": visual.positions, "suffix_positions": suffix_positions, "suffix_mask": suffix_mask,
-            **buffers}
-    if seg.pseudo_cls:
-        feed.update(pseudo)
-    if seg.visual_mask:
-        feed["visual_mask"] = visual.mask
-    if seg.thresholds is not None:
-        feed["thresholds"] = np.tile(np.asarray(seg.thresholds, np.float32), (len(prefix), 1))
-    return feed
-
-
 def decoder_feed(x, positions, valid: np.ndarray, capacity: int, buffers: dict) -> dict:
     """The feed of a decoder graph over a whole prompt: causal attention among its valid tokens, slots 0..N-1."""
     batch, n = valid.shape
@@ -152,41 +136,68 @@ def decoder_feed(x, positions, valid: np.ndarray, capacity: int, buffers: dict) 
             "write_index": np.zeros(batch, np.int32), **buffers}
 
 
+def prune_feed(seg: Segment, mask, visual: VisualBlock, suffix_mask, out: dict, cache: "SegmentCache") -> dict:
+    """The feed of a segment's prune graph, after its decoder graph ran the prompt: the queries it handed out, the
+    keys (and values) it wrote."""
+    feed = {"attention_mask": mask, "visual_positions": visual.positions, "suffix_mask": suffix_mask}
+    for i in seg.taps:
+        feed[io.query_tap(i)], feed[io.cached("key", i)] = out[io.query_tap(i)], cache.layers[i][0]
+    if seg.reads_values:
+        feed[io.cached("value", seg.last)] = cache.layers[seg.last][1]
+    if seg.visual_mask:
+        feed["visual_mask"] = visual.mask
+    if seg.thresholds is not None:
+        feed["thresholds"] = np.tile(np.asarray(seg.thresholds, np.float32), (len(suffix_mask), 1))
+    return feed
+
+
+@dataclass
+class PseudoCls:
+    """IVTP's pseudo-CLS token, which ends the prompt of each segment that prunes: it sees the prefix, the visual
+    block and itself, and nothing sees it."""
+    hidden: np.ndarray  # [B, 1, H]
+    position: np.ndarray  # [B, 1] int32: right after the image, where the suffix starts
+
+
 def run_segments(manifest: Manifest, engines: dict, timer: Timer, prefix, visual: VisualBlock, suffix, suffix_mask,
-                 pseudo: dict, stages: list, relevant: list, decode_slots: int = 0) -> Prefilled:
+                 pseudo: PseudoCls | None, stages: list, relevant: list, decode_slots: int = 0) -> Prefilled:
     """Every segment in turn, then the LM head; `stages` grows by the LLM's pruning points. Each segment's buffers
     leave `decode_slots` free slots after its prompt."""
-    batch, n_pre = len(prefix), prefix.shape[1]
+    batch, n_pre, n_suf = len(prefix), prefix.shape[1], suffix.shape[1]
     start = n_pre + visual.embeds.shape[1]  # pruning keeps original positions: the suffix stays where it was
-    suffix_positions = np.tile(np.arange(start, start + suffix.shape[1], dtype=np.int32), (batch, 1))
+    suffix_positions = np.tile(np.arange(start, start + n_suf, dtype=np.int32), (batch, 1))
     caches = KvCaches([], start + suffix_mask.sum(1))
     pre_positions = np.tile(np.arange(n_pre, dtype=np.int32), (batch, 1))
     for seg in manifest.pipeline.segments:
         n_vis = visual.embeds.shape[1]
-        valid = np.concatenate([np.ones((batch, n_pre), bool), visual.mask > 0, suffix_mask > 0], 1)
-        capacity = valid.shape[1] + decode_slots
-        buffers = empty_buffers(manifest, seg, batch, capacity)
-        if seg.prefill is None:
-            x = np.concatenate([prefix, visual.embeds, suffix], 1)
-            positions = np.concatenate([pre_positions, visual.positions, suffix_positions], 1)
-            out = timer.run(engines[seg.decoder], seg.decoder, decoder_feed(x, positions, valid, capacity, buffers))
-            hidden = out["hidden_out"]
-            prefix, suffix = hidden[:, :n_pre], hidden[:, n_pre + n_vis:]
-            visual = replace(visual, embeds=hidden[:, n_pre:n_pre + n_vis])
-        else:
-            feed = segment_feed(seg, prefix, visual, suffix, suffix_positions, suffix_mask, pseudo, buffers)
-            out = timer.run(engines[seg.prefill], seg.prefill, feed)
-            prefix, suffix = out["prefix_hidden"], out["suffix_hidden"]
-            if seg.pseudo_cls:
-                pseudo = {**pseudo, "pseudo_cls": out["pseudo_cls_hidden"]}
-        cache = SegmentCache({}, np.zeros((batch, capacity), bool), valid.shape[1])
-        cache.valid[:, :valid.shape[1]] = valid
+        tail = [pseudo] if seg.pseudo_cls else []
+        x = np.concatenate([prefix, visual.embeds, suffix] + [p.hidden for p in tail], 1)
+        positions = np.concatenate([pre_positions, visual.positions, suffix_positions] + [p.position for p in tail], 1)
+        valid = np.concatenate([np.ones((batch, n_pre), bool), visual.mask > 0, suffix_mask > 0]
+                               + [np.ones((batch, 1), bool) for _ in tail], 1)
+        n = valid.shape[1]
+        capacity = n + decode_slots
+        feed = decoder_feed(x, positions, valid, capacity, empty_buffers(manifest, seg, batch, capacity))
+        if tail:
+            feed["attention_mask"][:, n - 1, n_pre + n_vis:n - 1] = False  # the pseudo-CLS does not see the suffix
+            valid[:, n - 1] = False  # and no later token sees it
+        out = timer.run(engines[seg.decoder], seg.decoder, feed)
+        hidden = out["hidden_out"]
+        prefix, suffix = hidden[:, :n_pre], hidden[:, n_pre + n_vis:n_pre + n_vis + n_suf]
+        cache = SegmentCache({}, np.zeros((batch, capacity), bool), n)
+        cache.valid[:, :n] = valid
         cache.add(seg, out)
         caches.segments.append(cache)
-        if seg.prefill is not None:
-            counts = out.get("kept_count", np.full(batch, out["kept"].shape[1]))
-            visual = visual.pruned(out["visual_hidden"], out["kept"], counts)
-            stages.append((seg.stage, visual.ids, counts))
+        if seg.prune is None:
+            visual = replace(visual, embeds=hidden[:, n_pre:n_pre + n_vis])
+            continue
+        decision = timer.run(engines[seg.prune], seg.prune,
+                             prune_feed(seg, feed["attention_mask"], visual, suffix_mask, out, cache))
+        counts = decision.get("kept_count", np.full(batch, decision["kept"].shape[1]))
+        visual = visual.pruned(hidden[:, n_pre:n_pre + n_vis], decision["kept"], counts)
+        stages.append((seg.stage, visual.ids, counts))
+        if tail:
+            pseudo = replace(pseudo, hidden=hidden[:, -1:])
     last = suffix[np.arange(batch), suffix_mask.sum(1) - 1]  # each request's last real token
     logits = timer.run(engines[manifest.pipeline.lm_head], manifest.pipeline.lm_head, {"hidden_last": last})["logits"]
     return Prefilled(logits, caches, stages, relevant, visual)
@@ -203,9 +214,9 @@ def prefill(generator, prompts: list[Prompt], pixels: np.ndarray, timer: Timer, 
     embed = lambda ids: timer.run(engines[m.pipeline.embed], m.pipeline.embed, {"input_ids": ids})["inputs_embeds"]  # noqa: E731
     prefix, suffix = embed(np.array([p.prefix_ids for p in prompts], dtype=np.int32)), embed(suffix_ids)
     visual = entering_block(m, vision["image_features"], stages, n_pre)
-    pseudo, relevant = {}, [[] for _ in prompts]
+    pseudo, relevant = None, [[] for _ in prompts]
     if any(s.pseudo_cls for s in m.pipeline.segments):
         pcls, relevant = generator.relevance.pseudo_cls(engines, prompts, vision, suffix, timer)
-        pseudo = {"pseudo_cls": pcls[:, None].astype(np.float32),
-                  "pseudo_cls_position": np.full((batch, 1), n_pre + visual.embeds.shape[1], dtype=np.int32)}
+        pseudo = PseudoCls(pcls[:, None].astype(suffix.dtype),
+                           np.full((batch, 1), n_pre + visual.embeds.shape[1], dtype=np.int32))
     return run_segments(m, engines, timer, prefix, visual, suffix, suffix_mask, pseudo, stages, relevant, decode_slots)

@@ -30,7 +30,7 @@ def test_run_json_reports_text_tokens_stages_and_timings(capsys, ivtp_dir):
     assert names == [s["name"] for s in manifest["stages"]] and names[0].startswith("vit") and names[-1].startswith("llm")
     assert len(result["stages"][-1]["kept"]) == 64
     assert all(s["kept"] == sorted(s["kept"]) and max(s["kept"]) < 576 for s in result["stages"])
-    assert {"vision", "prefill.0", "decode", "prefill_total", "decode_total", "total"} <= set(result["timings_ms"])
+    assert {"vision", "decoder.0", "prune.0", "decode", "prefill_total", "decode_total", "total"} <= set(result["timings_ms"])
 
 
 def test_requests_file_runs_as_a_batch_and_prints_a_list_in_order(capsys, ivtp_dir, tmp_path):
@@ -88,9 +88,9 @@ def test_bad_prompts_give_a_clear_error(capsys, ivtp_dir, prompt, words):
 def test_missing_and_tampered_engine_files_are_named(capsys, ivtp_dir, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(ivtp_dir, broken)
-    (broken / "prefill.2.onnx").unlink()
+    (broken / "prune.2.onnx").unlink()
     code, _, err = run_cli(capsys, "run", broken, "--image", IMAGES / "coffee.jpg", "--prompt", "hi")
-    assert code == 2 and "missing prefill.2.onnx" in err and "export it again" in err.lower()
+    assert code == 2 and "missing prune.2.onnx" in err and "export it again" in err.lower()
 
     shutil.rmtree(broken)
     shutil.copytree(ivtp_dir, broken)

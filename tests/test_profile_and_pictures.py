@@ -31,7 +31,7 @@ def test_profile_reports_medians_kv_bytes_tokens_and_flops(capsys, ivtp_dir, tmp
     assert report["visual_tokens_final"] == 64
     assert report["kv_cache_bytes"] == expected_kv_bytes(manifest, report["text_tokens"])
     assert 0 < report["flops"]["pruned_tflops"] < report["flops"]["unpruned_tflops"]
-    assert set(report["engines"]["breakdown_ms"]) >= {"vision", "text_encoder", "prefill.0", "decoder.4", "lm_head", "decode"}
+    assert set(report["engines"]["breakdown_ms"]) >= {"vision", "text_encoder", "prune.0", "decoder.4", "lm_head", "decode"}
     assert Image.open(plot).size[0] > 600
 
 

@@ -1,7 +1,7 @@
 """The (min, opt, max) range of every symbolic dim a graph takes, from the model's sizes: what TensorRT's
 optimization profiles are built from, recorded per graph in the manifest. Opt lengths are a short LLaVA prompt
 (a few template tokens before the image, a sentence after it); a decoder graph's new tokens (`seq`) are best at
-one, a decode step, which runs once per generated token."""
+one, a decode step, which runs once per generated token; a prune graph's `prompt` at a whole prompt."""
 import re
 
 from runtime.errors import ConfigError
@@ -24,10 +24,10 @@ def dim_range(dim: str, model: dict) -> tuple[int, int, int]:
         return 1, 1, positions
     if dim in TYPICAL:
         return 1, min(TYPICAL[dim], positions), positions
-    if CAPACITY.match(dim):
+    if CAPACITY.match(dim) or dim == "prompt":  # a prompt: prefix, image, suffix (plus decode's slots)
         return 1, min(patches + TYPICAL["prefix"] + TYPICAL["suffix"], positions), positions
     raise ConfigError(f"no profile range for the dynamic dim {dim!r}; expected one of batch, visual_tokens, "
-                      f"seq, {', '.join(TYPICAL)} or capacity.<n>. Name the graph's dims so (torch Dim names) in the "
+                      f"seq, prompt, {', '.join(TYPICAL)} or capacity.<n>. Name the graph's dims so (torch Dim names) in the "
                       "exporter")
 
 

@@ -49,6 +49,9 @@ def export_graph(graph: GraphDef, sample: tuple, path: Path, opset: int = OPSET)
     # Saved from the exporter's IR, each weight streamed from its torch tensor to path.data: building the
     # ModelProto first (program.model_proto) would hold a second copy of every weight in memory.
     program.save(str(path), external_data=True)
+    data = Path(f"{path}.data")
+    if data.exists() and data.stat().st_size == 0:  # a graph without weights (a prune graph)
+        data.unlink()
 
 
 def _name_dims(model: ir.Model, graph: GraphDef):

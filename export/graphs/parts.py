@@ -1,16 +1,18 @@
 """The LLaVA parts every method shares, as graphs: vision (unpruned, or with a selector after the feature layer),
-CLIP's text tower, the token embedding, and the LLM's segments and head (export/modules/decoder.py)."""
+CLIP's text tower, the token embedding, and the LLM's segments, prune graphs and head (export/modules/decoder.py,
+export/modules/pruning.py)."""
 from torch import nn
 
-from engines.kv_names import PAST_PREFIX, kv_names
+from engines.kv_names import PAST, PRESENT, kv_names
 from export.graphs.graph import GraphDef
 from export.models.checkpoint import Checkpoint
 from export.models.facts import vision_feature_layer
-from export.modules.decoder import DecoderLayers, Embed, LanguageModelParts, LogitsHead, PrefillSegment
-from export.modules.pruning import LlmPruner
+from export.modules.decoder import DecoderLayers, Embed, LanguageModelParts, LogitsHead
+from export.modules.pruning import LlmPruner, PruneSegment
 from export.modules.text_encoder import TokenEmbeddings
 from export.modules.vision import FeatureVision
 from runtime import io_names as io
+from runtime.manifest import Segment
 
 BATCH = {0: "batch"}
 
@@ -41,35 +43,50 @@ def _kv_dims(names: list[str], capacity: str) -> dict:
     return {n: {0: "batch", 2: capacity} for n in names}
 
 
-def prefill_graph(lm: LanguageModelParts, segment: int, first: int, last: int, pruner: LlmPruner,
-                  visual_mask: bool = False) -> GraphDef:
-    """The prefill of a segment that prunes, over decoder layers [first, last], writing its caches into the
-    segment's buffers. The pruner's own inputs come last, as one list; an input the graph does not take keeps its
-    place in the module's signature as None."""
-    extra, past = list(pruner.input_names), kv_names(PAST_PREFIX.rstrip("."), range(first, last + 1))
-    structure = io.PREFILL_IN + [past] + (io.VISUAL_MASK_IN if visual_mask else [None]) + ([extra] if extra else [])
-    while structure[-1] is None:
-        structure.pop()
-    inputs = io.PREFILL_IN + past + (io.VISUAL_MASK_IN if visual_mask else []) + extra
-    outputs = list(pruner.kept_names) + io.HIDDEN_OUT + list(pruner.carry_names) + kv_names("present", range(first, last + 1))
-    dims = {"prefix_embeds": {0: "batch", 1: "prefix"}, "visual_embeds": {0: "batch", 1: "visual_tokens"},
-            "suffix_embeds": {0: "batch", 1: "suffix"}, "visual_positions": {0: "batch", 1: "visual_tokens"},
-            "suffix_positions": {0: "batch", 1: "suffix"}, "suffix_mask": {0: "batch", 1: "suffix"},
-            "visual_mask": {0: "batch", 1: "visual_tokens"}, **{name: BATCH for name in extra},
-            **_kv_dims(past, io.capacity(segment))}
-    return GraphDef(PrefillSegment(lm, first, last, pruner), inputs, outputs,
-                    {k: v for k, v in dims.items() if k in inputs}, nested=structure)
-
-
-def decoder_graph(lm: LanguageModelParts, segment: int, first: int, last: int) -> GraphDef:
+def decoder_graph(lm: LanguageModelParts, segment: int, first: int, last: int, taps: list[int] = ()) -> GraphDef:
     """Decoder layers [first, last] for `seq` new tokens against the segment's buffers of `capacity.<segment>`
-    slots: the prefill of a segment that does not prune, and every segment's decode step."""
-    past = kv_names(PAST_PREFIX.rstrip("."), range(first, last + 1))
+    slots: every segment's prefill and decode step. `taps`: layers whose queries it also outputs (q.<layer>)."""
+    past = kv_names(PAST, range(first, last + 1))
     capacity = io.capacity(segment)
     dims = {"hidden_in": {0: "batch", 1: "seq"}, "position_ids": {0: "batch", 1: "seq"},
             "attention_mask": {0: "batch", 1: "seq", 2: capacity}, "write_index": BATCH, **_kv_dims(past, capacity)}
-    return GraphDef(DecoderLayers(lm, first, last), io.DECODER_IN + past,
-                    io.DECODER_OUT + kv_names("present", range(first, last + 1)), dims, nested=io.DECODER_IN + [past])
+    outputs = io.DECODER_OUT + kv_names(PRESENT, range(first, last + 1)) + [io.query_tap(i) for i in sorted(taps)]
+    return GraphDef(DecoderLayers(lm, first, last, taps), io.DECODER_IN + past, outputs, dims,
+                    nested=io.DECODER_IN + [past])
+
+
+def prune_graph(lm: LanguageModelParts, segment: int, last: int, pruner: LlmPruner, taps: list[int],
+                visual_mask: bool = False, pseudo_cls: bool = False) -> GraphDef:
+    """The decision of a segment that prunes after layer `last`, from the queries of its `taps` and their cached
+    keys (and the last layer's values where the pruner reads them): no decoder weights. The pruner's own inputs
+    come last, as one list; an input the graph does not take keeps its place in the module's signature as None."""
+    if pruner.reads_values and last not in taps:
+        raise ValueError(f"a pruner that reads the last layer's values must tap it (layer {last}), taps {taps}")
+    queries, keys = [io.query_tap(i) for i in taps], [io.cached("key", i) for i in taps]
+    values = [io.cached("value", last)] if pruner.reads_values else []
+    extra = list(pruner.input_names)
+    structure = io.PRUNE_IN + [queries, keys, values or None, io.VISUAL_MASK_IN[0] if visual_mask else None,
+                               extra or None]
+    while structure[-1] is None:
+        structure.pop()
+    inputs = io.PRUNE_IN + queries + keys + values + (io.VISUAL_MASK_IN if visual_mask else []) + extra
+    capacity, prompt = io.capacity(segment), {0: "batch", 2: "prompt"}
+    dims = {"attention_mask": {0: "batch", 1: "prompt", 2: capacity}, "visual_positions": {0: "batch", 1: "visual_tokens"},
+            "suffix_mask": {0: "batch", 1: "suffix"}, "visual_mask": {0: "batch", 1: "visual_tokens"},
+            **{name: prompt for name in queries}, **_kv_dims(keys + values, capacity), **{name: BATCH for name in extra}}
+    attn = lm.layers[last].self_attn
+    module = PruneSegment(pruner, list(taps), attn.scaling, attn.num_key_value_groups, pseudo_cls)
+    return GraphDef(module, inputs, list(pruner.kept_names), {k: v for k, v in dims.items() if k in inputs},
+                    nested=structure)
+
+
+def segment(s: int, first: int, last: int, pruner: LlmPruner | None = None, **fields) -> Segment:
+    """The manifest's segment s over layers [first, last], as llm_graphs exports it: a pruning one (with `pruner`)
+    names its prune graph and the taps that graph reads. `fields`: Segment's stage, keep, pseudo_cls..."""
+    if pruner is None:
+        return Segment(io.decoder_graph(s), [first, last], **fields)
+    return Segment(io.decoder_graph(s), [first, last], prune=io.prune_graph(s), taps=sorted(pruner.taps(first, last)),
+                   reads_values=pruner.reads_values, **fields)
 
 
 def lm_head_graph(lm: LanguageModelParts) -> GraphDef:
@@ -77,13 +94,14 @@ def lm_head_graph(lm: LanguageModelParts) -> GraphDef:
 
 
 def llm_graphs(lm: LanguageModelParts, spans: list[tuple[int, int]], pruners: dict[int, LlmPruner],
-               visual_mask: bool = False) -> dict[str, GraphDef]:
-    """The LLM's graphs for segments over layer `spans`: decoder.<s> for each, prefill.<s> for those with a
-    pruner (by segment index), and the LM head."""
+               visual_mask: bool = False, pseudo_cls: bool = False) -> dict[str, GraphDef]:
+    """The LLM's graphs for segments over layer `spans`: decoder.<s> for each, prune.<s> for those with a pruner (by
+    segment index), and the LM head."""
     graphs = {}
     for s, (first, last) in enumerate(spans):
+        taps = sorted(pruners[s].taps(first, last)) if s in pruners else []
+        graphs[io.decoder_graph(s)] = decoder_graph(lm, s, first, last, taps)
         if s in pruners:
-            graphs[io.prefill_graph(s)] = prefill_graph(lm, s, first, last, pruners[s], visual_mask)
-        graphs[io.decoder_graph(s)] = decoder_graph(lm, s, first, last)
+            graphs[io.prune_graph(s)] = prune_graph(lm, s, last, pruners[s], taps, visual_mask, pseudo_cls)
     graphs[io.LM_HEAD] = lm_head_graph(lm)
     return graphs

@@ -4,13 +4,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from export.graphs.parts import embed_graph, language_model, llm_graphs, vision_graph
+from export.graphs.parts import embed_graph, language_model, llm_graphs, segment, vision_graph
 from export.methods.registry import Method, MethodPlan, Schedule, register
 from export.models.facts import model_facts
-from export.modules.pruning import LayerAttention, LlmPruner, SegmentView, attention_rows
+from export.modules.pruning import LayerTap, LlmPruner, SegmentView, attention_rows
 from export.modules.select import select_top_k
 from runtime.errors import ConfigError
-from runtime.manifest import Pipeline, Segment, Stage
+from runtime.manifest import Pipeline, Stage
 
 
 @dataclass(frozen=True)
@@ -34,9 +34,10 @@ class FastVPruner(LlmPruner):
         row = attention_rows(q_last, k, bias_last, scale)[:, 0, view.visual]
         return select_top_k(row, self.keep), None
 
-    def decide(self, state, attention: LayerAttention, view: SegmentView):
-        kept, _ = self(attention.q, attention.k_all, attention.bias, attention.scale, view)
-        return {"kept": kept}, {}
+    def decide(self, taps: dict[int, LayerTap], view: SegmentView, inputs: list):
+        (tap,) = taps.values()
+        kept, _ = self(tap.q, tap.k_all, tap.bias, tap.scale, view)
+        return {"kept": kept}
 
 
 @register
@@ -57,8 +58,9 @@ class FastV(Method):
         dims = model_facts(ckpt)
         schedule = self.schedule(cfg, dims)
         lm, stage, k, last = language_model(ckpt), schedule.stages[0], cfg.layer, dims["llm_layers"] - 1
+        pruner = FastVPruner(cfg.keep)
         graphs = {"vision": vision_graph(ckpt), "embed": embed_graph(ckpt),
-                  **llm_graphs(lm, [(0, k - 1), (k, last)], {0: FastVPruner(cfg.keep)})}
-        pipeline = Pipeline("vision", "embed", [Segment("decoder.0", [0, k - 1], stage.name, cfg.keep, prefill="prefill.0"),
-                                                Segment("decoder.1", [k, last])])
+                  **llm_graphs(lm, [(0, k - 1), (k, last)], {0: pruner})}
+        pipeline = Pipeline("vision", "embed", [segment(0, 0, k - 1, pruner, stage=stage.name, keep=cfg.keep),
+                                                segment(1, k, last)])
         return MethodPlan(graphs, pipeline, schedule)

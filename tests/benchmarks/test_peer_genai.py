@@ -6,7 +6,7 @@ from benchmarks.scale_check import carry_section
 
 
 def test_llm_prefill_counts_the_decoder_graphs_and_the_head_only():
-    timings = {"vision": 100.0, "embed": 1.0, "text_encoder": 5.0, "prefill.0": 20.0, "decoder.0": 3.0,
+    timings = {"vision": 100.0, "embed": 1.0, "text_encoder": 5.0, "prune.0": 20.0, "decoder.0": 3.0,
                "decoder.1": 30.0, "lm_head": 0.5, "decode": 400.0, "prefill_total": 160.0}
     assert llm_prefill_ms(timings) == 53.5
 

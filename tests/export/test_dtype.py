@@ -32,7 +32,7 @@ def test_an_fp16_dir_stores_half_the_bytes_and_says_so_in_its_records(ivtp_fp16,
     dtypes = {(g, t["name"]): t["dtype"] for g, rec in m["graphs"].items() for t in rec["inputs"] + rec["outputs"]}
     assert dtypes[("vision", "pixel_values")] == dtypes[("vision", "image_features")] == "float16"
     assert dtypes[("vision", "kept.vit.l2")] == "int32" and dtypes[("vision", "cls_joint")] == "float32"
-    assert dtypes[("decoder.0", "present.0.key")] == dtypes[("prefill.0", "pseudo_cls")] == "float16"
+    assert dtypes[("decoder.0", "present.0.key")] == dtypes[("decoder.0", "q.2")] == dtypes[("prune.0", "key.2")] == "float16"
     assert dtypes[("decoder.4", "hidden_out")] == dtypes[("lm_head", "hidden_last")] == "float16"
     assert dtypes[("lm_head", "logits")] == "float32"
     assert dtypes[("text_encoder", "token_embeddings")] == "float32"

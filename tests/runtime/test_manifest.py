@@ -32,16 +32,17 @@ def test_a_manifest_reads_back_into_the_same_dataclasses(ivtp_dir):
     assert m.pipeline.visual_ids == [[s.name for s in m.stages if s.where == "vision"][-1]]
     assert m.graphs["decoder.0"].dims["capacity.0"] == [1, 632, 4096]
     assert m.graphs["decoder.0"].dims["seq"] == [1, 1, 4096]  # decode steps, the many calls, are the optimum
-    assert [(s.prefill, s.decoder) for s in m.pipeline.segments] == [(f"prefill.{j}", f"decoder.{j}") for j in range(4)] + [
-        (None, "decoder.4")]
+    assert [(s.decoder, s.prune) for s in m.pipeline.segments] == [(f"decoder.{j}", f"prune.{j}") for j in range(4)] + [
+        ("decoder.4", None)]
+    assert m.graphs["prune.0"].dims["prompt"] == [1, 632, 4096] and m.graphs["prune.0"].data is None  # no weights
 
 
 @pytest.mark.parametrize("edit, words", [
     (lambda d, _: d["pipeline"].update(lm_head="head2"), "the pipeline names graph 'head2'"),
     (lambda d, _: d["pipeline"]["segments"][0].update(stage="llm.l99"), "stage 'llm.l99', which the manifest does not"),
     (lambda d, _: d["pipeline"]["segments"][0].update(layers=[0, 3]), "with gaps or overlaps"),
-    (lambda d, _: d["pipeline"]["segments"][0].update(prefill=None), "but names no prefill graph"),
-    (lambda d, _: d["pipeline"]["segments"][-1].update(stage=d["pipeline"]["segments"][0]["stage"], prefill="prefill.0"), "the last segment prunes"),
+    (lambda d, _: d["pipeline"]["segments"][0].update(prune=None), "but names no prune graph"),
+    (lambda d, _: d["pipeline"]["segments"][-1].update(stage=d["pipeline"]["segments"][0]["stage"], prune="prune.0"), "the last segment prunes"),
     (lambda d, _: d["graphs"]["embed"]["dims"].pop("seq"), "graph embed has symbolic input dims ['seq'] without"),
     (lambda d, _: d.update(colour="blue"), f"does not hold a format {FORMAT} manifest"),
     (lambda d, _: d.pop("pipeline"), f"does not hold a format {FORMAT} manifest"),

@@ -6,12 +6,12 @@ the decoder, scores.py its maths."""
 from dataclasses import dataclass, field
 from functools import partial
 
-from export.graphs.parts import embed_graph, language_model, llm_graphs, vision_graph
+from export.graphs.parts import embed_graph, language_model, llm_graphs, segment, vision_graph
 from export.methods.atp.pruner import AtpPruner
 from export.methods.registry import Method, MethodPlan, Schedule, register
 from export.models.facts import model_facts
 from runtime.errors import ConfigError
-from runtime.manifest import Pipeline, Segment, Stage
+from runtime.manifest import Pipeline, Stage
 
 
 @dataclass(frozen=True)
@@ -51,11 +51,10 @@ class Atp(Method):
             point = stage.layer
             constant = None if cfg.heads else list(cfg.thresholds[2 * j:2 * j + 2]) if cfg.thresholds else [-1.0, 2.0]
             pruners[j] = AtpPruner(grid, heads.get(point))
-            segments.append(Segment(f"decoder.{j}", [first, point], stage.name, visual_mask=True, thresholds=constant,
-                                    prefill=f"prefill.{j}"))
+            segments.append(segment(j, first, point, pruners[j], stage=stage.name, visual_mask=True, thresholds=constant))
             spans.append((first, point))
             first = point + 1
-        segments.append(Segment(f"decoder.{len(points)}", [first, n_layers - 1]))
+        segments.append(segment(len(points), first, n_layers - 1))
         spans.append((first, n_layers - 1))
         graphs = {"vision": vision_graph(ckpt), "embed": embed_graph(ckpt),
                   **llm_graphs(language_model(ckpt), spans, pruners, visual_mask=True)}

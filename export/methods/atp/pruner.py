@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from export.methods.atp.scores import keep_order, redundant_score, spatial_score_table, to_raster
-from export.modules.pruning import LayerAttention, LlmPruner, SegmentView, attention_rows
+from export.modules.pruning import LayerTap, LlmPruner, SegmentView, attention_rows
 from runtime import io_names as io
 
 
@@ -41,9 +41,7 @@ class AtpPruner(LlmPruner):
                                     to_raster(s_cross, raster, valid, self.n_patches))
         return keep_order(s_red, s_spatial, thresholds, valid)
 
-    def begin(self, lm, view: SegmentView, inputs: list) -> dict:
-        return {"thresholds": inputs[0] if inputs else None}
-
-    def decide(self, state: dict, attention: LayerAttention, view: SegmentView):
-        order, count = self(attention.q, attention.k_all, attention.bias, attention.scale, view, state["thresholds"])
-        return {"kept": order, "kept_count": count}, {}
+    def decide(self, taps: dict[int, LayerTap], view: SegmentView, inputs: list):
+        (tap,) = taps.values()
+        order, count = self(tap.q, tap.k_all, tap.bias, tap.scale, view, inputs[0] if inputs else None)
+        return {"kept": order, "kept_count": count}

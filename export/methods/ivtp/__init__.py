@@ -1,14 +1,14 @@
 """IVTP (ECCV 2024): GTP in the ViT (vision.py), then instruction-guided GTP with a pseudo-CLS in the first W
 decoder layers (llm.py); schedule.py fixes the keep count of every group."""
 from export.graphs.graph import GraphDef
-from export.graphs.parts import BATCH, embed_graph, language_model, llm_graphs, text_encoder_graph
+from export.graphs.parts import BATCH, embed_graph, language_model, llm_graphs, segment, text_encoder_graph
 from export.methods.ivtp.llm import IvtpPruner
 from export.methods.ivtp.schedule import IvtpConfig, resolve
 from export.methods.ivtp.vision import PrunedVision
 from export.methods.registry import Method, MethodPlan, Schedule, register
 from export.models.facts import model_facts
 from runtime import io_names as io
-from runtime.manifest import Pipeline, Segment, Stage
+from runtime.manifest import Pipeline, Stage
 
 
 def ivtp_vision_graph(ckpt, schedule: Schedule, group: int, fusion: str) -> GraphDef:
@@ -38,15 +38,14 @@ class Ivtp(Method):
         for j, stage in enumerate(s for s in schedule.stages if s.where == "llm"):
             top = stage.layer
             pruners[j] = IvtpPruner(stage.keep, range(max(first, top - cfg.group + 1), top + 1), cfg.fusion)
-            segments.append(Segment(f"decoder.{j}", [first, top], stage.name, stage.keep, pseudo_cls=True,
-                                    prefill=f"prefill.{j}"))
+            segments.append(segment(j, first, top, pruners[j], stage=stage.name, keep=stage.keep, pseudo_cls=True))
             spans.append((first, top))
             first = top + 1
         last = dims["llm_layers"] - 1  # resolve() left at least one layer after the last stage
-        segments.append(Segment(f"decoder.{len(segments)}", [first, last]))
+        segments.append(segment(len(segments), first, last))
         spans.append((first, last))
         graphs = {"vision": ivtp_vision_graph(ckpt, schedule, cfg.group, cfg.fusion), "embed": embed_graph(ckpt),
-                  **llm_graphs(language_model(ckpt), spans, pruners)}
+                  **llm_graphs(language_model(ckpt), spans, pruners, pseudo_cls=True)}
         if cfg.use_text:
             graphs["text_encoder"] = text_encoder_graph(ckpt)
         pipeline = Pipeline("vision", "embed", segments, "text_encoder" if cfg.use_text else None, cfg.tau,

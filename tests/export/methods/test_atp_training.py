@@ -145,10 +145,9 @@ def test_unpruned_masked_forward_is_the_hf_model(ckpt, examples):
 
 def test_first_point_keeps_what_the_inference_segment_keeps(ckpt, examples):
     """The training forward's hard rule at the first point equals the exported ATP segment's decision."""
-    from export.graphs.parts import language_model
+    from export.graphs.parts import language_model, llm_graphs
     from export.methods.atp.pruner import AtpPruner
     from export.methods.atp.training import masked_forward
-    from export.modules.decoder import PrefillSegment
     torch.manual_seed(1)
     heads, ex, lm = {3: new_heads(576, 16)}, examples[1], language_model(ckpt)
     with torch.no_grad():  # thresholds that depend on the scores, near the initial ones
@@ -158,10 +157,13 @@ def test_first_point_keeps_what_the_inference_segment_keeps(ckpt, examples):
         n_pre, n_suffix = ex.prefix.shape[1], ex.n_prompt
         cfg = ckpt.llava.config.text_config
         n = n_pre + 576 + n_suffix
+        graphs = llm_graphs(lm, [(0, 3), (4, cfg.num_hidden_layers - 1)], {0: AtpPruner(24, heads[3])}, visual_mask=True)
         buffers = [torch.zeros(1, cfg.num_key_value_heads, n, cfg.hidden_size // cfg.num_attention_heads)] * 8
-        seg = PrefillSegment(lm, 0, 3, pruner=AtpPruner(24, heads[3]))(
-            ex.prefix, ex.visual, ex.text[:, :n_suffix], n_pre + torch.arange(576)[None],
-            n_pre + 576 + torch.arange(n_suffix)[None], torch.ones(1, n_suffix, dtype=torch.long), buffers)
+        mask = torch.ones(n, n, dtype=torch.bool).tril()[None]
+        out = graphs["decoder.0"].module.inner(torch.cat([ex.prefix, ex.visual, ex.text[:, :n_suffix]], 1),
+                                               torch.arange(n)[None], mask, torch.zeros(1, dtype=torch.long), buffers)
+        seg = graphs["prune.0"].module.inner(mask, n_pre + torch.arange(576)[None], torch.ones(1, n_suffix, dtype=torch.long),
+                                             [out["q.3"]], [out["present.3.key"]], None, torch.ones(1, 576, dtype=torch.long))
     count = int(seg["kept_count"][0])
     assert 0 < count < 576 and int(train["kept_hard"][0][0]) == count
     assert sorted(seg["kept"][0, :count].tolist()) == torch.nonzero(train["masks"][0][0] > 0.5)[:, 0].tolist()

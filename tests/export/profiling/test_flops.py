@@ -111,7 +111,8 @@ def test_engine_dir_uses_manifest_stages(tmp_path, ivtp_dir):
               {"name": "vit.l22", "where": "vision", "layer": 22, "keep": 100},
               {"name": "llm.l5", "where": "llm", "layer": 5, "keep": 50}]
     pipeline = {"text_encoder": "text_encoder", "segments": [
-        {"decoder": "decoder.0", "prefill": "prefill.0", "layers": [0, 5], "pseudo_cls": True, "stage": "llm.l5"},
+        {"decoder": "decoder.0", "prune": "prune.0", "layers": [0, 5], "pseudo_cls": True, "stage": "llm.l5",
+         "taps": [3, 4, 5], "reads_values": True},
         {"decoder": "decoder.4", "layers": [6, 31]}]}
     r = flops_report(_engine_dir(tmp_path, ivtp_dir, "ivtp", stages, 100, {"keep": 50, "use_text": True}, pipeline),
                      "ivtp", 512)
