@@ -25,15 +25,28 @@ def pick_providers(requested: list[str] | None = None) -> list[str]:
 
 
 class SessionFromOnnx:
-    """Loader: calling it builds an InferenceSession for the graph at `path`."""
+    """Loader: calling it builds an InferenceSession for the graph at `path`.
 
-    def __init__(self, path, providers: list[str] | None = None, threads: int = 0, qdq: bool = False):
+    `initializers` ({name: contiguous numpy array}) are used in place of the graph's own weights, without a copy:
+    ONNX Runtime reads them where they are (export validates each graph on the memory torch already holds). It
+    copies them as soon as it optimizes the graph (fusions, constant folding of fp16 casts, prepacking), so such a
+    session runs unoptimized."""
+
+    def __init__(self, path, providers: list[str] | None = None, threads: int = 0, qdq: bool = False,
+                 initializers: dict | None = None):
         self.path, self.providers, self.threads, self.qdq = str(path), providers, threads, qdq
+        self.initializers = initializers or {}
 
     def __call__(self):
         import onnxruntime as ort
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        if self.initializers:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            options.add_session_config_entry("session.disable_prepacking", "1")
+            self.values = {name: ort.OrtValue.ortvalue_from_numpy(a) for name, a in self.initializers.items()}
+            for name, value in self.values.items():  # the session reads this memory for its life
+                options.add_initializer(name, value)
         # A pipeline runs many sessions in turn; threads left spinning after one run steal the cores the
         # next session needs (seen: vision 42 ms alone, 137 ms in the pipeline on 2 cores).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")

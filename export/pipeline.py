@@ -15,10 +15,12 @@ import transformers
 from tokenizers import Tokenizer
 
 from engines.onnxruntime_runner import OnnxrtRunner, SessionFromOnnx
+from export.graphs.chunked import ChunkedOnnxRunner
 from export.graphs.dims import graph_dims
-from export.graphs.onnx_export import OPSET, OPSETS, export_graph
+from export.graphs.onnx_export import OPSET, OPSETS, export_graph, external_bytes_differ, torch_held_weights
+from export.graphs.release import WeightRelease
 from export.graphs.torch_runner import TorchRunner, module_args
-from export.graphs.validate import TOLERANCES, Agreement, compare
+from export.graphs.validate import TOLERANCES, Agreement, ValidationError, compare
 from export.methods.registry import MethodPlan, get_method
 from export.models.checkpoint import Checkpoint, load_checkpoint, resolve_model_dirs
 from export.models.dtypes import DTYPES, resolve_dtype
@@ -32,6 +34,7 @@ from runtime.preprocess import ImagePreprocessConfig
 from runtime.prompt import LLAVA_15_TEMPLATE
 from runtime.shipped import EXPORT_SAMPLE
 
+PIECE_BYTES = 1 << 29  # weights per piece when an fp16 graph is validated in pieces: 1 GiB of fp32 casts at a time
 
 @dataclass
 class ExportConfig:
@@ -72,16 +75,27 @@ def export(cfg: ExportConfig, progress=lambda msg: print(msg, file=sys.stderr, f
                 runner.feeds.clear()
         progress("[export] running the PyTorch reference once to capture real inputs for every graph")
         Generator(manifest, runners).generate([EXPORT_SAMPLE], max_new_tokens=2)
+        n = len(plan.graphs)
         for k, (name, graph) in enumerate(plan.graphs.items(), 1):
             start = time.perf_counter()
+            export_graph(graph, _trace_sample(graph, runners[name].feeds[0], DTYPES[dtype]), tmp / f"{name}.onnx", cfg.opset)
+            progress(f"[export] {k}/{n} {name}: exported in {time.perf_counter() - start:.1f}s")
+        # Validated after all are exported, so that each graph's torch weights go once the last graph holding them
+        # is validated: the peak is the weights still to validate, not the whole model twice.
+        weights = {name: torch_held_weights(tmp / f"{name}.onnx", graph.module) for name, graph in plan.graphs.items()}
+        release = WeightRelease(weights, [ckpt.llava, *([ckpt.clip] if ckpt.clip is not None else []),
+                                          *(g.module for g in plan.graphs.values())])
+        for k, name in enumerate(plan.graphs, 1):
+            start = time.perf_counter()
             feeds = runners[name].feeds  # a decoder graph's first is a prefill, its last a decode step
-            path = tmp / f"{name}.onnx"
-            export_graph(graph, _trace_sample(graph, feeds[0], DTYPES[dtype]), path, cfg.opset)
-            agreement, record = _validate(name, path, runners[name], feeds[:1] + feeds[1:][-1:], dtype)
+            agreement, record = _validate(name, tmp / f"{name}.onnx", runners[name], feeds[:1] + feeds[1:][-1:],
+                                          dtype, weights.pop(name))
             record.dims = graph_dims([t.shape for t in record.inputs], manifest.model)
             manifest.graphs[name] = record
-            progress(f"[export] {k}/{len(plan.graphs)} {name}: exported and validated in "
-                     f"{time.perf_counter() - start:.1f}s ({agreement.summary()})")
+            runners[name].feeds.clear()
+            freed = release.done(name)
+            progress(f"[export] {k}/{n} {name}: validated in {time.perf_counter() - start:.1f}s ({agreement.summary()})"
+                     + (f"; {freed / 2**30:.2f} GiB of torch weights released" if freed > 2**28 else ""))
         save_manifest(manifest, tmp)
     progress(f"[export] wrote {out} in {time.perf_counter() - t0:.1f}s")
     return out
@@ -121,14 +135,24 @@ def _trace_sample(graph, feed: dict, dtype) -> tuple:
     return module_args(graph, {k: np.concatenate([v, v]) for k, v in feed.items()}, dtype=dtype)
 
 
-def _validate(name, path: Path, runner: TorchRunner, feeds: list, dtype: str) -> tuple[Agreement, GraphRecord]:
-    """Max differences against torch on each feed, and the graph's I/O record for the manifest, from one ORT
-    session. Caches are fed as copies: the session writes them in place."""
-    with OnnxrtRunner(SessionFromOnnx(path, ["CPUExecutionProvider"]), name) as ort_runner:
-        sig = ort_runner.io_signature()
+def _validate(name, path: Path, runner: TorchRunner, feeds: list, dtype: str, weights: dict) -> tuple[Agreement, GraphRecord]:
+    """Max differences against torch on each feed, and the graph's I/O record for the manifest. ONNX Runtime reads
+    `weights` ({initializer: torch tensor}), the weights torch holds, which the graph's files must hold byte for byte, so that validating a graph costs no
+    second copy of its weights; an fp16 graph larger than PIECE_BYTES runs in pieces (export/graphs/chunked.py),
+    so that the CPU provider's fp32 casts of its weights are not all held at once. Caches are fed as copies: a
+    session writes them in place."""
+    shared = {init: t.detach().numpy() for init, t in weights.items()}  # views: no copy
+    differ = external_bytes_differ(path, shared)
+    if differ:
+        raise ValidationError(f"graph {name}: the weights written to {path.name}.data differ from the module's for "
+                              f"{differ[:3]}{' ...' if len(differ) > 3 else ''}; export again (is the disk full?)")
+    with OnnxrtRunner(SessionFromOnnx(path, ["CPUExecutionProvider"], initializers=shared), name) as whole:
+        sig = whole.io_signature()
         describe = lambda items: [TensorRecord(n, np.dtype(t).name, s) for n, t, s in items]  # noqa: E731
         data = path.name + ".data" if (path.parent / (path.name + ".data")).exists() else None
         record = GraphRecord(path.name, describe(sig["inputs"]), describe(sig["outputs"]), {}, data)
+        big = dtype != "fp32" and sum(a.nbytes for a in shared.values()) > PIECE_BYTES
+        ort_runner = ChunkedOnnxRunner(path, shared, PIECE_BYTES) if big else whole
         agreements = [compare(name, runner.infer(feed), ort_runner.infer(cast_floats(_copied(feed), float_inputs(record))),
                               TOLERANCES[dtype]) for feed in feeds]
     return Agreement.worst(agreements), record

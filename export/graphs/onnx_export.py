@@ -60,3 +60,44 @@ def _name_dims(model: ir.Model, graph: GraphDef):
         names = graph.dims.get(value.name, {})
         if names:
             value.shape = ir.Shape([ir.SymbolicDim(names[a]) if a in names else d for a, d in enumerate(value.shape)])
+
+
+def torch_held_weights(path: Path, module: torch.nn.Module) -> dict:
+    """{initializer: the module's tensor} for each weight of the graph at `path` that the module holds as it stands
+    in the graph (the exporter names initializers by their module paths): what a session can read (as numpy, no
+    copy) in place of path.data. Weights torch holds otherwise (another shape or dtype, bf16, not contiguous) are
+    left out."""
+    import onnx
+    tensors = {**dict(module.named_parameters(remove_duplicate=False)), **dict(module.named_buffers(remove_duplicate=False))}
+    shared = {}
+    for init in onnx.load(str(path), load_external_data=False).graph.initializer:
+        t = tensors.get(init.name)
+        if t is None or t.dtype == torch.bfloat16 or not t.is_contiguous() or t.device.type != "cpu":
+            continue
+        array = t.detach().numpy()
+        if list(array.shape) == list(init.dims) and onnx.helper.np_dtype_to_tensor_dtype(array.dtype) == init.data_type:
+            shared[init.name] = t
+    return shared
+
+
+def external_bytes_differ(path: Path, weights: dict) -> list[str]:
+    """The initializers of `weights` whose bytes in the graph's external data are not the array's: a session that
+    read `weights` in their place validated what the files hold only where this is empty. Read in 64 MiB pieces,
+    so the check holds no second copy."""
+    import onnx
+    differ, piece = [], 64 << 20
+    inits = {i.name: i for i in onnx.load(str(path), load_external_data=False).graph.initializer}
+    for name, array in weights.items():
+        info = {e.key: e.value for e in inits[name].external_data}
+        if not info:  # stored inside the graph: too small to matter for memory, compared as it is
+            differ += [] if onnx.numpy_helper.to_array(inits[name]).tobytes() == array.tobytes() else [name]
+            continue
+        flat, offset = memoryview(array.reshape(-1)).cast("B"), int(info.get("offset", 0))
+        if int(info.get("length", flat.nbytes)) != flat.nbytes:
+            differ.append(name)
+            continue
+        with open(path.parent / info["location"], "rb") as f:
+            f.seek(offset)
+            if any(f.read(min(piece, flat.nbytes - at)) != flat[at:at + piece] for at in range(0, flat.nbytes, piece)):
+                differ.append(name)
+    return differ

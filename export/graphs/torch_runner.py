@@ -3,7 +3,8 @@ runtime can stitch the PyTorch oracle exactly as it stitches engines (and record
 
 On a GPU (device="cuda", dtype=torch.float16) the KV caches stay on the device: `present.*` come back as
 torch tensors, which the generator only hands back as the next step's `past_key_values.*`. Everything the
-generator reads (logits, kept indices, hidden states) comes back as float32 / int numpy, as from an engine.
+generator reads (logits, kept indices, hidden states) comes back as float32 / int numpy, as from an engine; KV
+caches on the host come back in their own dtype.
 """
 import numpy as np
 import torch
@@ -46,9 +47,13 @@ def outputs_by_name(graph: GraphDef, out, kv_on_device: bool = False) -> dict:
         out = {graph.output_names[0]: out}
     if list(out) != graph.output_names:
         raise RuntimeError(f"module outputs {list(out)} differ from the graph's output names {graph.output_names}")
-    return {k: v if kv_on_device and k.startswith(KV_PREFIX) else _host(v) for k, v in out.items()}
+    return {k: (v if kv_on_device else _host(v, keep_dtype=True)) if k.startswith(KV_PREFIX) else _host(v)
+            for k, v in out.items()}
 
 
-def _host(t: torch.Tensor) -> np.ndarray:
+def _host(t: torch.Tensor, keep_dtype: bool = False) -> np.ndarray:
+    """As numpy; floats in fp32 but for KV caches (keep_dtype), which only go back in as the next step's past, in
+    their own dtype (half the memory at fp16: an export at LLaVA-7B's widths records them)."""
     t = t.detach().cpu()
-    return (t.float() if t.is_floating_point() and t.dtype != torch.float32 else t).numpy()
+    widen = t.is_floating_point() and t.dtype != torch.float32 and not (keep_dtype and t.dtype == torch.float16)
+    return (t.float() if widen else t).numpy()
