@@ -73,9 +73,9 @@ def keep_norms_in_fp32(network):
                 layer.set_output_type(i, trt.float32)
 
 
-def plan_loader(onnx_path, profile: dict, options: BuildOptions, workspace_mb: int, timing_cache):
+def plan_loader(onnx_path, profiles: list[dict], options: BuildOptions, workspace_mb: int, timing_cache):
     """Loader chain ONNX file -> serialized plan, composed lazily (nothing runs until it is called).
-    profile: {input name: (min shape, opt shape, max shape)}."""
+    profiles: per optimization profile, {input name: (min shape, opt shape, max shape)}."""
     import tensorrt as trt
     from polygraphy.backend.trt import (
         CreateConfig,
@@ -87,19 +87,22 @@ def plan_loader(onnx_path, profile: dict, options: BuildOptions, workspace_mb: i
     network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=options.strongly_typed or None)
     if options.pin_norms:
         network = PostprocessNetwork(network, keep_norms_in_fp32, "keep norms in fp32")
-    trt_profile = Profile()
-    for name, (low, opt, high) in profile.items():
-        trt_profile.add(name, low, opt, high)
-    config = CreateConfig(profiles=[trt_profile], load_timing_cache=str(timing_cache),
+    trt_profiles = []
+    for profile in profiles:
+        trt_profiles.append(Profile())
+        for name, (low, opt, high) in profile.items():
+            trt_profiles[-1].add(name, low, opt, high)
+    config = CreateConfig(profiles=trt_profiles, load_timing_cache=str(timing_cache),
                           memory_pool_limits={trt.MemoryPoolType.WORKSPACE: workspace_mb << 20}, **options.config)
     return EngineBytesFromNetwork(network, config, save_timing_cache=str(timing_cache))
 
 
-def build_plan(onnx_path: Path, profile: dict, options: BuildOptions, workspace_mb: int, timing_cache: Path) -> bytes:
+def build_plan(onnx_path: Path, profiles: list[dict], options: BuildOptions, workspace_mb: int,
+               timing_cache: Path) -> bytes:
     """The plan's bytes, or an EngineBuildError that names the graph and where to look."""
     from polygraphy.exception import PolygraphyException
     try:
-        return plan_loader(onnx_path, profile, options, workspace_mb, timing_cache)()
+        return plan_loader(onnx_path, profiles, options, workspace_mb, timing_cache)()
     except PolygraphyException as e:
         raise EngineBuildError(f"TensorRT could not build {Path(onnx_path).name}: {e}. TensorRT's log above names the "
                                "layer; `cli.py check` lists what it refuses, and a larger --workspace helps when "

@@ -1,5 +1,7 @@
 """TensorRT engines at run time, polygraphy style: a lazy loader (`engine_from_plan`: EngineFromBytes over a
 .plan) and a runner with OnnxrtRunner's infer(feed) -> dict contract. Plans are built in build.py."""
+import math
+
 import numpy as np
 
 from engines.errors import EngineInputError
@@ -30,6 +32,7 @@ class TensorrtRunner:
     def __init__(self, load_engine, name: str = ""):
         self.load_engine, self.name, self.runner, self.input_names = load_engine, name, None, set()
         self.kv, self.output_dtypes = None, {}
+        self.profiles, self.profile = [], 0  # per optimization profile {input: (min, opt, max)}; the active one
 
     def activate(self):
         if self.runner is None:
@@ -38,6 +41,11 @@ class TensorrtRunner:
             self.runner = TrtRunner(self.load_engine, name=self.name or None)
             self.runner.activate()
             self.use_signature(self.io_signature())
+            engine = self.runner.engine
+            dynamic = [name for name, _, shape in self.io_signature()["inputs"] if -1 in shape]
+            self.profiles = [{name: tuple(tuple(s) for s in engine.get_tensor_profile_shape(name, p)) for name in dynamic}
+                             for p in range(engine.num_optimization_profiles)]
+            self.profile = 0
         return self
 
     def use_signature(self, signature: dict):
@@ -79,6 +87,11 @@ class TensorrtRunner:
         if missing or extra:
             raise EngineInputError(f"graph {self.name}: missing inputs {missing}, unexpected inputs {extra}")
         feed = {k: np.ascontiguousarray(v) if isinstance(v, np.ndarray) else v for k, v in feed.items()}  # slices are views
+        if len(self.profiles) > 1:  # a decoder graph: decode and prefill profiles
+            best = pick_profile(self.profiles, {k: tuple(v.shape) for k, v in feed.items()}, self.profile)
+            if best != self.profile:
+                self.runner.set_profile(best)
+                self.profile = best
         try:
             outputs = self.runner.infer(feed, copy_outputs_to_host=False)
         except PolygraphyException as e:  # shapes outside the plan's profile, wrong dtypes
@@ -94,3 +107,18 @@ class TensorrtRunner:
         from engines.tensorrt.device_kv import CacheView
         dtype = self.output_dtypes[name]
         return self.kv.keep(name, view, dtype) if self.kv is not None else CacheView(view.ptr, tuple(view.shape), dtype)
+
+
+def pick_profile(profiles: list[dict], shapes: dict, current: int = 0) -> int:
+    """The profile whose ranges hold every feed shape and whose opt shapes are nearest them (|log(size / opt)| summed
+    over axes: a 40-token prompt is nearer a 632-token opt than a one-token one); `current` where none holds them
+    (the run then names the shape that is out of range)."""
+    def fits(profile):
+        return all(all(lo <= s <= hi for lo, s, hi in zip(r[0], shapes[n], r[2])) for n, r in profile.items() if n in shapes)
+
+    def distance(profile):
+        return sum(abs(math.log(max(s, 1) / max(o, 1))) for n, r in profile.items() if n in shapes
+                   for s, o in zip(shapes[n], r[1]))
+
+    holding = [i for i, p in enumerate(profiles) if fits(p)]
+    return min(holding, key=lambda i: (distance(profiles[i]), i)) if holding else current

@@ -68,12 +68,15 @@ def build_engine_dir(src, out=None, cfg: BuildConfig = BuildConfig(), progress=p
     with staged_engine_dir(out, cfg.force) as tmp:
         built = _without_graphs(manifest, tmp)
         built.engines = {}
-        for i, (name, profile) in enumerate(profiles.items(), 1):
-            progress(f"[build] {i}/{len(profiles)} {name}: {precision}, {len(profile)} dynamic inputs")
+        for i, (name, graph_profiles) in enumerate(profiles.items(), 1):
+            progress(f"[build] {i}/{len(profiles)} {name}: {precision}, {len(graph_profiles[0])} dynamic inputs, "
+                     f"{len(graph_profiles)} profile{'s' if len(graph_profiles) > 1 else ''}")
             plan = f"{name}.plan"
-            (tmp / plan).write_bytes(build_plan(manifest.graph_file(name), profile, options, cfg.workspace_mb, cache))
-            shapes = {k: {"min": list(v[0]), "opt": list(v[1]), "max": list(v[2])} for k, v in profile.items()}
-            built.engines[name] = PlanRecord(plan, precision, [shapes])
+            (tmp / plan).write_bytes(build_plan(manifest.graph_file(name), graph_profiles, options, cfg.workspace_mb,
+                                                cache))
+            shapes = [{k: {"min": list(v[0]), "opt": list(v[1]), "max": list(v[2])} for k, v in profile.items()}
+                      for profile in graph_profiles]
+            built.engines[name] = PlanRecord(plan, precision, shapes)
         built.versions = {**built.versions, "tensorrt": trt.__version__}
         built.built_from = str(Path(src).resolve())
         save_manifest(built, tmp)

@@ -1,5 +1,11 @@
 """TensorRT optimization profiles from an engine dir: each graph record carries a (min, opt, max) range per
-symbolic input dim (written at export, where the model's sizes are known); a build only sets the batch range."""
+symbolic input dim (written at export, where the model's sizes are known); a build only sets the batch range.
+
+A decoder graph runs a whole prompt once per request and one token at every decode step, so it gets two
+profiles, as TensorRT-LLM and Edge-LLM build theirs: the first best at one new token (decode), the second at a
+prompt (its `seq` opt at the cache's, a typical prompt). The runner picks, per call, the profile whose opt is
+nearest the feed's shapes."""
+import dataclasses
 from dataclasses import dataclass
 
 from runtime.errors import ConfigError
@@ -33,6 +39,18 @@ def graph_profile(record: GraphRecord, cfg: ProfileConfig = ProfileConfig()) -> 
     return profile
 
 
+def graph_profiles(record: GraphRecord, cfg: ProfileConfig = ProfileConfig()) -> list[dict]:
+    """[graph_profile] for most graphs; [decode, prefill] for a decoder graph (new tokens `seq` over the cache
+    buffers of a `capacity.<s>` dim)."""
+    decode = graph_profile(record, cfg)
+    capacity = [r for d, r in record.dims.items() if d.startswith("capacity.")]
+    if "seq" not in record.dims or not capacity:
+        return [decode]
+    prompt = dataclasses.replace(record, dims={**record.dims, "seq": [record.dims["seq"][0], capacity[0][1],
+                                                                      record.dims["seq"][2]]})
+    return [decode, graph_profile(prompt, cfg)]
+
+
 def manifest_profiles(manifest: Manifest, cfg: ProfileConfig = ProfileConfig()) -> dict:
-    """{graph name: graph_profile(...)} for every graph in the manifest."""
-    return {name: graph_profile(record, cfg) for name, record in manifest.graphs.items()}
+    """{graph name: graph_profiles(...)} for every graph in the manifest."""
+    return {name: graph_profiles(record, cfg) for name, record in manifest.graphs.items()}
