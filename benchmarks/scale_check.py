@@ -4,7 +4,7 @@ fewer decoder layers: export's peak memory and time, the engine dir's bytes agai
 real 32 layers, labelled as such.
 
     python -m benchmarks.scale_check [--layers 4] [--dtype fp16,fp32] [--method ivtp,none]
-        [--cache /tmp/scale] [--json FILE] [--write-benchmarks]
+        [--cache /tmp/scale] [--json FILE] [--write-benchmarks] [--full-export ivtp:fp16]
 
 Every step runs in its own process under /usr/bin/time -v (peak RSS, wall time), one at a time, each started
 only when enough memory is available (--min-free-gib); an export that fails, is killed or runs past
@@ -57,7 +57,9 @@ def weight_bytes(g: LlavaHfGeometry) -> dict:
     clip_text = sum(math.prod(s) for k, s in openai_clip_keys(g, CLIP_VOCAB).items()
                     if (k.startswith("text_model.") or k.endswith("_projection.weight") or k == "logit_scale")
                     and not k.endswith("position_ids"))
-    return {"llava_fp16": 2 * llava, "clip_text_and_projections_fp16": 2 * clip_text,
+    qkv = sum(math.prod(s) for k, s in llava_hf_keys(dataclasses.replace(g, llm_layers=1)).items()
+              if k.startswith("language_model.model.layers.0.self_attn.") and k.split(".")[-2] in ("q_proj", "k_proj", "v_proj"))
+    return {"llava_fp16": 2 * llava, "clip_text_and_projections_fp16": 2 * clip_text, "qkv_fp16": 2 * qkv, "qkv_fp32": 4 * qkv,
             "decoder_layer_fp32": 4 * decoder_layer_params(g), "decoder_layer_fp16": 2 * decoder_layer_params(g)}
 
 
@@ -180,7 +182,7 @@ def method_knobs(method: str, layers: int) -> list[str]:
 def export_step(pair: Path, method: str, dtype: str, layers: int, out: Path, logs: Path, timeout_s: float) -> dict:
     cmd = [python(), "cli.py", "export", "--method", method, "--model", str(pair / "llava"), "--clip",
            str(pair / "clip"), "--out", str(out), "--dtype", dtype, "--force", *method_knobs(method, layers)]
-    r = timed(cmd, logs / f"export-{method}-{dtype}.log", timeout_s)
+    r = timed(cmd, logs / f"export-{method}-{dtype}-{layers}-layers.log", timeout_s)
     r.pop("stdout")
     return r
 
@@ -229,6 +231,64 @@ def run_step(out: Path, logs: Path, tag: str, max_new_tokens: int, timeout_s: fl
     return r
 
 
+def run_result(entry: dict) -> dict | None:
+    """The `cli.py run --json` result of an entry's run, from the stdout its log left beside it."""
+    run = entry.get("run") or {}
+    path = Path(run["log"]).with_suffix(".stdout") if run.get("exit_code") == 0 and run.get("log") else None
+    if path is None or not path.is_file():
+        return None
+    return json.loads(path.read_text().strip().splitlines()[-1])
+
+
+def dtype_agreement(entries: list[dict]) -> list[str]:
+    """Per method run at both dtypes: how many greedy tokens fp16 and fp32 share before they part, and how much of
+    fp32's kept set each stage's fp16 set holds."""
+    lines = []
+    for method in dict.fromkeys(e["method"] for e in entries):
+        runs = {e["dtype"]: run_result(e) for e in entries if e["method"] == method}
+        if runs.get("fp16") is None or runs.get("fp32") is None:
+            continue
+        a, b = runs["fp16"]["token_ids"], runs["fp32"]["token_ids"]
+        same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        kept32 = {s["name"]: set(s["kept"]) for s in runs["fp32"]["stages"]}
+        overlaps = [f"{s['name']} {len(set(s['kept']) & kept32[s['name']]) / max(len(kept32[s['name']]), 1):.3f}"
+                    for s in runs["fp16"]["stages"]]
+        lines.append(f"- `{method}`: fp16 and fp32 give the same first {same} of {len(b)} greedy tokens"
+                     + (f"; fp16 keeps these shares of fp32's tokens: {', '.join(overlaps)}" if overlaps else ""))
+    return (["fp16 against fp32 on the same run (the checkpoint is stored in fp16, so the weights are the same and "
+             "only the activations' rounding differs):", "", *lines, ""] if lines else [])
+
+
+def full_export_lines(full: dict | None) -> list[str]:
+    if not full:
+        return []
+    ex = full["export"]
+    if ex.get("exit_code") != 0:
+        return [f"**The full {REAL_LAYERS} layers, exported** (`{full['method']}`, {full['dtype']}): failed, "
+                f"{status(ex)}.", ""]
+    return [f"**The full {REAL_LAYERS} layers, exported and validated** (`--full-export {full['method']}:"
+            f"{full['dtype']}`, measured): peak RSS {gib(ex['peak_rss_bytes'])} GiB, {ex['wall_s'] / 60:.1f} min, "
+            f"engine dir {gib(full['bytes'])} GiB = {full['bytes'] / full['reference_fp16_bytes']:.3f}x the fp16 "
+            f"weights it is made from ({full['reference_fp16_bytes'] / 1e9:.2f} GB).", ""]
+
+
+def full_export(cache: Path, g32: LlavaHfGeometry, spec: str, wb32: dict, logs: Path, args) -> dict:
+    """Exports the real 32 layers once (the pair is built under cache first), measures it, deletes the dir."""
+    method, dtype = spec.split(":")
+    pair, _ = build_pair(cache, "llava-1.5-7b", g32, args.step_timeout)
+    out = cache / "engines" / f"{method}-{dtype}-{REAL_LAYERS}-layers"
+    print(f"[scale] full export {method} {dtype}", file=sys.stderr, flush=True)
+    result = {"method": method, "dtype": dtype,
+              "export": export_step(pair, method, dtype, REAL_LAYERS, out, logs, args.export_timeout)}
+    if result["export"]["exit_code"] == 0:
+        facts = engine_dir_facts(out)
+        result["bytes"] = facts["bytes"]
+        result["reference_fp16_bytes"] = wb32["llava_fp16"] + (
+            wb32["clip_text_and_projections_fp16"] if facts["text_encoder"] else 0)
+    shutil.rmtree(out, ignore_errors=True)
+    return result
+
+
 def verify_step(out: Path, logs: Path, tag: str, timeout_s: float) -> dict:
     r = timed([python(), "cli.py", "verify", str(out)], logs / f"verify-{tag}.log", timeout_s)
     r.pop("stdout")
@@ -267,8 +327,8 @@ def extrapolate(entry: dict, layers: int, wb: dict) -> dict:
     Estimates, linear in bytes: verify's and start's times. Run's peak RSS: the measured one plus the added bytes
     times run's RSS over the engine dir's bytes, rounded (the weights held whole, the rest not growing: fp16 on
     ONNX Runtime CPU is held at fp32 size, 2). Export's peak RSS: the measured one plus, per added layer, its bytes
-    once in torch (the checkpoint) and once in the largest decoder graph's validation session at that multiple:
-    where the peak is assumed to be (not measured).
+    once (torch holds the checkpoint; validation reads torch's tensors) and its q, k and v once more (packed into
+    one matrix while the checkpoint's pages stay mapped). `--full-export` measures it instead.
     Estimates, linear in layers: the decoder-layer share of the prefill graphs' time and of a decode step's (by
     bytes, as a decode step reads every weight of the decoder graphs and the LM head once: the head does not
     grow); the vision tower, text encoder, embedding and Python stay as measured."""
@@ -288,7 +348,7 @@ def extrapolate(entry: dict, layers: int, wb: dict) -> dict:
         held = max(1, round(out["run_rss_multiple"]))
         out["run_peak_rss_bytes"] = r["peak_rss_bytes"] + added * held
         if (ex := entry.get("export", {})).get("exit_code") == 0:
-            out["export_peak_rss_bytes"] = ex["peak_rss_bytes"] + extra * per_layer * (1 + held)
+            out["export_peak_rss_bytes"] = ex["peak_rss_bytes"] + extra * (per_layer + wb[f"qkv_{dtype}"])
         t = r["timings_ms"]
         prefill_layers_ms = sum(t.get(g, 0.0) for g in layer_graphs(entry))  # decode steps are timed as "decode"
         out["prefill_ms"] = r["prefill_ms"] + prefill_layers_ms * extra / layers
@@ -418,6 +478,8 @@ def section(results: dict) -> list[str]:
         "",
         *tables(results),
         "",
+        *dtype_agreement(results["entries"]),
+        *full_export_lines(results.get("full_export")),
         f"What scales with the decoder layers, and how the {REAL_LAYERS}-layer row is made: a decoder layer is "
         f"exactly {wb['decoder_layer_fp32']:,} bytes in fp32 and {wb['decoder_layer_fp16']:,} in fp16 (from the "
         f"geometry); the engine dir's size adds {REAL_LAYERS - L} of them times the number of copies of the decoder "
@@ -426,9 +488,9 @@ def section(results: dict) -> list[str]:
         f"Estimates: verify's and start's times are scaled by the engine dir's bytes. Run's peak RSS adds the added "
         f"bytes times run's RSS over the engine dir's bytes rounded to a whole number (every graph's weights are held "
         f"from start; fp16's at fp32 size, below), the rest taken not to grow. Export's peak RSS is the measured one "
-        f"plus, per added layer, its bytes once in torch (the checkpoint) and once in the decode graph's validation "
-        f"session at that multiple (the decode graph holds every layer: the largest graph, where the peak is assumed "
-        f"to be, not measured). Prefill adds the prefill segments' "
+        f"plus, per added layer, its bytes once (torch holds the checkpoint; each graph is validated on torch's "
+        f"tensors, which go once validated) and its q, k and v once more (packed into one matrix while the "
+        f"checkpoint's pages stay mapped). Prefill adds the prefill segments' "
         f"measured ms per layer, decode the decode graph's, its layers' share by bytes (the LM head does not grow); "
         f"the vision tower, text encoder, embedding and Python stay as measured. For IVTP the {REAL_LAYERS}-layer "
         f"schedule (W 12, four groups) differs from the {L}-layer one, so its prefill is rougher. The KV cache is "
@@ -503,6 +565,8 @@ def main(argv=None) -> int:
     p.add_argument("--clean", action="store_true", help="delete each engine dir once measured")
     p.add_argument("--write-benchmarks", action="store_true", help="replace or append the section in BENCHMARKS.md")
     p.add_argument("--from-json", type=Path, help="measure nothing: the tables of an earlier run's results file")
+    p.add_argument("--full-export", metavar="METHOD:DTYPE", help="then export all 32 layers once, e.g. ivtp:fp16 "
+                   "(the 32-layer pair takes 16 GB of disk under --cache, the dir 15 GB until measured)")
     args = p.parse_args(argv)
     if args.from_json:
         return report(json.loads(args.from_json.read_text()), args.write_benchmarks)
@@ -572,11 +636,16 @@ def main(argv=None) -> int:
             save()
             if args.clean:
                 shutil.rmtree(out, ignore_errors=True)
+    if args.full_export:
+        results["full_export"] = full_export(args.cache, dataclasses.replace(g, llm_layers=REAL_LAYERS),
+                                             args.full_export, wb32, logs, args)
+        save()
 
     return report(results, args.write_benchmarks)
 
 
 def report(results: dict, write_benchmarks: bool) -> int:
+    results["weight_bytes"] = weight_bytes(LlavaHfGeometry(**results["geometry"]))
     for entry in results["entries"]:  # from the measurements, so an older results file gets today's arithmetic
         if entry.get("engine_dir"):
             entry["extrapolated"] = extrapolate(entry, results["layers"], results["weight_bytes"])

@@ -1,5 +1,6 @@
 """The scale check's arithmetic and its BENCHMARKS.md section handling (the measurement itself takes hours)."""
 import dataclasses
+import json
 from pathlib import Path
 
 from benchmarks.scale_check import (
@@ -47,3 +48,18 @@ def test_a_failed_step_is_reported_with_its_exit_code_and_error_line(tmp_path: P
     r = timed(["python3", "-c", "import time; time.sleep(30)"], tmp_path / "y.log", 1)
     assert r["timed_out"] and r["exit_code"] != 0 and r["error"] == "timed out after 1 s"
     assert last_error(tmp_path / "missing.log") is None
+
+
+def test_fp16_and_fp32_runs_are_compared_token_by_token_and_stage_by_stage(tmp_path: Path):
+    from benchmarks.scale_check import dtype_agreement
+    entries = []
+    for dtype, tokens, kept in (("fp16", [5, 6, 7, 1], [1, 2, 3, 9]), ("fp32", [5, 6, 8, 1], [1, 2, 3, 4])):
+        log = tmp_path / f"run-{dtype}.log"
+        log.with_suffix(".stdout").write_text("noise\n" + json.dumps({"token_ids": tokens, "stages": [
+            {"name": "llm.l2", "kept": kept}]}) + "\n")
+        entries.append({"dtype": dtype, "method": "ivtp", "run": {"exit_code": 0, "log": str(log)}})
+    entries.append({"dtype": "fp16", "method": "none", "run": {"exit_code": 1}})  # failed: not compared
+    lines = dtype_agreement(entries)
+    assert "- `ivtp`: fp16 and fp32 give the same first 2 of 4 greedy tokens; fp16 keeps these shares of fp32's " \
+           "tokens: llm.l2 0.750" in lines
+    assert not any("`none`" in line for line in lines)
