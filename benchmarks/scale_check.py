@@ -565,8 +565,9 @@ def main(argv=None) -> int:
     p.add_argument("--clean", action="store_true", help="delete each engine dir once measured")
     p.add_argument("--write-benchmarks", action="store_true", help="replace or append the section in BENCHMARKS.md")
     p.add_argument("--from-json", type=Path, help="measure nothing: the tables of an earlier run's results file")
-    p.add_argument("--full-export", metavar="METHOD:DTYPE", help="then export all 32 layers once, e.g. ivtp:fp16 "
-                   "(the 32-layer pair takes 16 GB of disk under --cache, the dir 15 GB until measured)")
+    p.add_argument("--full-export", metavar="METHOD:DTYPE", help="only export all 32 layers once, e.g. ivtp:fp16, "
+                   "and add it to the results file (the 32-layer pair takes 16 GB of disk under --cache, the dir 15 "
+                   "GB until measured)")
     args = p.parse_args(argv)
     if args.from_json:
         return report(json.loads(args.from_json.read_text()), args.write_benchmarks)
@@ -591,6 +592,13 @@ def main(argv=None) -> int:
                            "mem_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB},
                "entries": []}
     save = lambda: json_path.write_text(json.dumps(results, indent=1))  # noqa: E731
+    if args.full_export:  # into the results of an earlier --layers run, which it leaves as they are
+        if json_path.is_file():
+            results = json.loads(json_path.read_text())
+        results["full_export"] = full_export(args.cache, dataclasses.replace(g, llm_layers=REAL_LAYERS),
+                                             args.full_export, wb32, logs, args)
+        save()
+        return report(results, args.write_benchmarks)
 
     if wait_for_memory(args.min_free_gib, "build", args.wait_memory_s) is None:
         raise SystemExit("not enough memory to build the checkpoint pair")
@@ -636,10 +644,6 @@ def main(argv=None) -> int:
             save()
             if args.clean:
                 shutil.rmtree(out, ignore_errors=True)
-    if args.full_export:
-        results["full_export"] = full_export(args.cache, dataclasses.replace(g, llm_layers=REAL_LAYERS),
-                                             args.full_export, wb32, logs, args)
-        save()
 
     return report(results, args.write_benchmarks)
 
