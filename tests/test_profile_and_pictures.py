@@ -10,12 +10,13 @@ from tests.conftest import IMAGES, read_manifest
 
 
 def expected_kv_bytes(manifest: dict, text_tokens: int) -> int:
-    """Each segment caches prefix + text + the visual tokens it saw (before its own pruning), fp32 K and V."""
+    """Each segment caches prefix + text + the visual tokens it saw (before its own pruning), fp32 K and V, and a
+    segment that prunes with IVTP's pseudo-CLS its slot too (written, never read)."""
     model, seen, total = manifest["model"], manifest["vision_tokens_out"], 0
     per_token_layer = 2 * model["kv_heads"] * model["head_dim"] * 4
     for seg in manifest["pipeline"]["segments"]:
         first, last = seg["layers"]
-        total += (last - first + 1) * per_token_layer * (text_tokens + seen)
+        total += (last - first + 1) * per_token_layer * (text_tokens + seen + int(seg["pseudo_cls"]))
         seen = seg["keep"] or seen
     return total
 
