@@ -23,7 +23,7 @@ class WeightRelease:
     def done(self, graph: str) -> int:
         """Drops what `graph` was the last to use; returns the bytes dropped."""
         gone = {s for s, g in self.last.items() if g == graph}
-        dropped, seen = 0, set()
+        sizes, seen = {}, set()  # bytes per storage, counted once however many views share it (packed q/k/v)
         for module in (m for root in self.modules for m in root.modules()):
             if id(module) in seen:
                 continue
@@ -31,8 +31,8 @@ class WeightRelease:
             for table in (module._parameters, module._buffers):
                 for name, t in table.items():
                     if t is not None and t.numel() and storage(t) in gone:
-                        dropped += t.nbytes
+                        sizes[storage(t)] = t.untyped_storage().nbytes()
                         t.data = torch.empty(0, dtype=t.dtype)
         for s in gone:
             del self.last[s]
-        return dropped
+        return sum(sizes.values())

@@ -76,3 +76,13 @@ def test_weights_go_once_the_last_graph_holding_them_is_validated():
     assert release.done("a") == 4 * 2 * 4  # own.weight's bytes
     assert own.weight.numel() == 0 and shared.weight.shape == (4, 4)  # "b" still needs it
     assert release.done("b") == 4 * 4 * 4 and shared.weight.numel() == 0 and shared.bias.shape == (4,)
+
+
+def test_views_of_one_storage_are_dropped_together_and_counted_once():
+    packed = torch.nn.Parameter(torch.zeros(6, 4))
+    view = torch.nn.Linear(4, 2, bias=False)
+    view.weight = torch.nn.Parameter(packed[2:4])  # as pack_qkv leaves q, k and v projections
+    holder = torch.nn.Module()
+    holder.packed = packed
+    release = WeightRelease({"g": {"qkv": packed}}, [holder, view])
+    assert release.done("g") == 6 * 4 * 4 and view.weight.numel() == 0 and holder.packed.numel() == 0
