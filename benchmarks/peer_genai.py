@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.scale_check import replace_named_section
+from benchmarks.scale_check import write_benchmarks_section
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = "## Against onnxruntime-genai"
@@ -186,10 +186,7 @@ def main(argv=None) -> int:
     (args.out / "result.json").write_text(json.dumps(result, indent=1))
     plot(result, ROOT / "assets" / "peer_genai.png")
     lines = section(result, args, started)
-    path = ROOT / "BENCHMARKS.md"
-    path.write_text(replace_named_section(path.read_text() if path.is_file() else "", SECTION, lines))
-    print("\n".join(lines))
-    return 0
+    return write_benchmarks_section(SECTION, lines)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.scale_check import replace_named_section
+from benchmarks.scale_check import write_benchmarks_section
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = "## IVTP prefill against its FLOPs"
@@ -67,10 +67,7 @@ def main(argv=None) -> int:
         if not (path / "manifest.json").is_file():
             export(ExportConfig(method, args.model, path, force=True), lambda m: print(m, file=sys.stderr, flush=True))
     lines = section(measure(dirs, args.runs), args, started)
-    path = ROOT / "BENCHMARKS.md"
-    path.write_text(replace_named_section(path.read_text() if path.is_file() else "", SECTION, lines))
-    print("\n".join(lines))
-    return 0
+    return write_benchmarks_section(SECTION, lines)
 
 
 if __name__ == "__main__":

@@ -528,6 +528,14 @@ def replace_named_section(text: str, heading: str, lines: list[str]) -> str:
     return text[:start + 1] + body + ("\n" + text[end + 1:] if end >= 0 else "")
 
 
+def write_benchmarks_section(heading: str, lines: list[str]) -> int:
+    """Puts the section into BENCHMARKS.md (replaced in place, or appended) and prints it."""
+    path = ROOT / "BENCHMARKS.md"
+    path.write_text(replace_named_section(path.read_text() if path.is_file() else "", heading, lines))
+    print("\n".join(lines))
+    return 0
+
+
 def replace_section(text: str, lines: list[str]) -> str:
     return replace_named_section(text, SECTION, lines)
 
