@@ -36,6 +36,7 @@ from runtime.shipped import EXPORT_SAMPLE
 
 PIECE_BYTES = 1 << 29  # weights per piece when an fp16 graph is validated in pieces: 1 GiB of fp32 casts at a time
 
+
 @dataclass
 class ExportConfig:
     method: str
@@ -137,10 +138,10 @@ def _trace_sample(graph, feed: dict, dtype) -> tuple:
 
 def _validate(name, path: Path, runner: TorchRunner, feeds: list, dtype: str, weights: dict) -> tuple[Agreement, GraphRecord]:
     """Max differences against torch on each feed, and the graph's I/O record for the manifest. ONNX Runtime reads
-    `weights` ({initializer: torch tensor}), the weights torch holds, which the graph's files must hold byte for byte, so that validating a graph costs no
-    second copy of its weights; an fp16 graph larger than PIECE_BYTES runs in pieces (export/graphs/chunked.py),
-    so that the CPU provider's fp32 casts of its weights are not all held at once. Caches are fed as copies: a
-    session writes them in place."""
+    `weights` ({initializer: torch tensor}) where torch holds them, and the graph's files must hold those bytes, so
+    validating a graph costs no second copy of its weights; an fp16 graph larger than PIECE_BYTES runs in pieces
+    (export/graphs/chunked.py), so that the CPU provider's fp32 casts of its weights are not all held at once.
+    Caches are fed as copies: a session writes them in place."""
     shared = {init: t.detach().numpy() for init, t in weights.items()}  # views: no copy
     differ = external_bytes_differ(path, shared)
     if differ:

@@ -40,9 +40,10 @@ class TensorrtRunner:
             from polygraphy.backend.trt import TrtRunner
             self.runner = TrtRunner(self.load_engine, name=self.name or None)
             self.runner.activate()
-            self.use_signature(self.io_signature())
+            signature = self.io_signature()
+            self.use_signature(signature)
             engine = self.runner.engine
-            dynamic = [name for name, _, shape in self.io_signature()["inputs"] if -1 in shape]
+            dynamic = [name for name, _, shape in signature["inputs"] if -1 in shape]
             self.profiles = [{name: tuple(tuple(s) for s in engine.get_tensor_profile_shape(name, p)) for name in dynamic}
                              for p in range(engine.num_optimization_profiles)]
             self.profile = 0

@@ -36,9 +36,10 @@ def _value_info(name: str, types: dict) -> onnx.ValueInfoProto:
     return onnx.helper.make_value_info(name, types[name])
 
 
-def split_graph(path: Path, budget: int) -> tuple[list[Piece], dict]:
+def split_graph(path: Path, budget: int) -> tuple[list[Piece], dict, list[str]]:
     """Cuts the graph at `path` into pieces of at most `budget` bytes of initializers (a node needing more is a
-    piece of its own). Returns the pieces and the graph's small initializers that torch may not hold (loaded)."""
+    piece of its own). Returns the pieces, the graph's initializers (protos, for those torch may not hold) and its
+    output names."""
     model = onnx.load(str(path), load_external_data=False)
     g = model.graph
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in g.node for a in n.attribute):
@@ -70,7 +71,7 @@ def split_graph(path: Path, budget: int) -> tuple[list[Piece], dict]:
                                              [_value_info(t, types) for t in outputs])
         piece = onnx.helper.make_model(piece_graph, opset_imports=model.opset_import, ir_version=model.ir_version)
         pieces.append(Piece(piece, activations + weights, outputs))
-    return pieces, inits
+    return pieces, inits, graph_outputs
 
 
 class ChunkedOnnxRunner:
@@ -80,12 +81,15 @@ class ChunkedOnnxRunner:
 
     def __init__(self, path: Path, weights: dict, budget: int):
         import onnxruntime as ort
-        self.path, self.pieces, inits = Path(path), *split_graph(path, budget)
+        self.path = Path(path)
+        self.pieces, inits, self.outputs = split_graph(self.path, budget)
         self.weights = dict(weights)
         for name, init in inits.items():
             if name not in self.weights:
                 self.weights[name] = onnx.numpy_helper.to_array(init, base_dir=str(self.path.parent))
-        self.outputs = [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
+        # per piece, the tensors still needed after it: by later pieces, or as the graph's outputs
+        self.needed_later = [set().union(*(p.inputs for p in self.pieces[k + 1:])) | set(self.outputs)
+                             for k in range(len(self.pieces))]
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -96,9 +100,7 @@ class ChunkedOnnxRunner:
 
     def infer(self, feed: dict) -> dict:
         live = dict(feed)
-        needed_later = [set().union(*(p.inputs for p in self.pieces[k + 1:])) | set(self.outputs)
-                        for k in range(len(self.pieces))]
-        for piece, later in zip(self.pieces, needed_later):
+        for piece, later in zip(self.pieces, self.needed_later):
             args = {t: live[t] if t in live else self.weights[t] for t in piece.inputs}
             live.update(zip(piece.outputs, piece.session.run(piece.outputs, args)))
             live = {t: v for t, v in live.items() if t in later}

@@ -8,7 +8,7 @@ from export.graphs.graph import GraphDef
 from export.models.checkpoint import Checkpoint
 from export.models.facts import vision_feature_layer
 from export.modules.decoder import DecoderLayers, Embed, LanguageModelParts, LogitsHead
-from export.modules.pruning import LlmPruner, PruneSegment
+from export.modules.pruning import LlmPruner, PruneSegment, tap_layers
 from export.modules.text_encoder import TokenEmbeddings
 from export.modules.vision import FeatureVision
 from runtime import io_names as io
@@ -45,12 +45,13 @@ def _kv_dims(names: list[str], capacity: str) -> dict:
 
 def decoder_graph(lm: LanguageModelParts, segment: int, first: int, last: int, taps: list[int] = ()) -> GraphDef:
     """Decoder layers [first, last] for `seq` new tokens against the segment's buffers of `capacity.<segment>`
-    slots: every segment's prefill and decode step. `taps`: layers whose queries it also outputs (q.<layer>)."""
+    slots: every segment's prefill and decode step. `taps`: layers whose queries it also outputs (q.<layer>),
+    ascending (tap_layers)."""
     past = kv_names(PAST, range(first, last + 1))
     capacity = io.capacity(segment)
     dims = {"hidden_in": {0: "batch", 1: "seq"}, "position_ids": {0: "batch", 1: "seq"},
             "attention_mask": {0: "batch", 1: "seq", 2: capacity}, "write_index": BATCH, **_kv_dims(past, capacity)}
-    outputs = io.DECODER_OUT + kv_names(PRESENT, range(first, last + 1)) + [io.query_tap(i) for i in sorted(taps)]
+    outputs = io.DECODER_OUT + kv_names(PRESENT, range(first, last + 1)) + [io.query_tap(i) for i in taps]
     return GraphDef(DecoderLayers(lm, first, last, taps), io.DECODER_IN + past, outputs, dims,
                     nested=io.DECODER_IN + [past])
 
@@ -85,7 +86,7 @@ def segment(s: int, first: int, last: int, pruner: LlmPruner | None = None, **fi
     names its prune graph and the taps that graph reads. `fields`: Segment's stage, keep, pseudo_cls..."""
     if pruner is None:
         return Segment(io.decoder_graph(s), [first, last], **fields)
-    return Segment(io.decoder_graph(s), [first, last], prune=io.prune_graph(s), taps=sorted(pruner.taps(first, last)),
+    return Segment(io.decoder_graph(s), [first, last], prune=io.prune_graph(s), taps=tap_layers(pruner, first, last),
                    reads_values=pruner.reads_values, **fields)
 
 
@@ -99,7 +100,7 @@ def llm_graphs(lm: LanguageModelParts, spans: list[tuple[int, int]], pruners: di
     segment index), and the LM head."""
     graphs = {}
     for s, (first, last) in enumerate(spans):
-        taps = sorted(pruners[s].taps(first, last)) if s in pruners else []
+        taps = tap_layers(pruners[s], first, last) if s in pruners else []
         graphs[io.decoder_graph(s)] = decoder_graph(lm, s, first, last, taps)
         if s in pruners:
             graphs[io.prune_graph(s)] = prune_graph(lm, s, last, pruners[s], taps, visual_mask, pseudo_cls)

@@ -21,6 +21,7 @@ from export.modules.layers import (
     rope_tables,
     rotary,
 )
+from runtime import io_names as io
 
 
 def causal_window(n_new: int, n_keys: int, device) -> torch.Tensor:
@@ -71,7 +72,7 @@ class DecoderLayers(nn.Module):
             x = llama_finish(layer, x, out)
             outputs[f"present.{i}.key"], outputs[f"present.{i}.value"] = keys, values
             if i in self.taps:
-                queries[f"q.{i}"] = q
+                queries[io.query_tap(i)] = q
         return {"hidden_out": x, **outputs, **queries}
 
 

@@ -64,6 +64,12 @@ class LlmPruner(nn.Module):
         raise NotImplementedError
 
 
+def tap_layers(pruner: LlmPruner, first: int, last: int) -> list[int]:
+    """The layers of segment [first, last] its pruner reads, ascending: the decoder graph's q.<l> outputs, the prune
+    graph's inputs and the manifest's Segment.taps, in that one order."""
+    return sorted(pruner.taps(first, last))
+
+
 class PruneSegment(nn.Module):
     """The prune graph of a segment: the attention mask the decoder graph ran the prompt with, the visual
     positions and suffix mask (which give the blocks' lengths), the taps' queries and cached keys (and the last

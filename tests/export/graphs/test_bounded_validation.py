@@ -61,7 +61,7 @@ def test_a_graph_run_in_pieces_gives_the_whole_runs_outputs(decoder):
     path, graph, feed = decoder
     weights = {k: t.detach().numpy() for k, t in torch_held_weights(path, graph.module).items()}
     budget = 600_000  # bytes of weights per piece: about one tiny decoder layer
-    pieces, _ = split_graph(path, budget)
+    pieces, _, _ = split_graph(path, budget)
     sizes = [sum(weights[t].nbytes for t in p.inputs if t in weights) for p in pieces]
     assert len(pieces) >= 3 and max(sizes) <= budget
     whole = OnnxrtRunner(SessionFromOnnx(path, ["CPUExecutionProvider"]), "decoder.0", kv_device=None).infer(dict(feed))
