@@ -338,19 +338,31 @@ def cmd_train_atp(args) -> int:
 
 
 def add_calibrate(sub):
-    cal = sub.add_parser("calibrate", help="INT8 (QDQ) engine dir from real captured inputs, with an fp32-vs-int8 report")
-    cal.add_argument("engine_dir", type=Path, help="fp32 engine dir to calibrate")
-    cal.add_argument("--out", required=True, type=Path, help="int8 engine dir to write")
+    cal = sub.add_parser("calibrate", help="INT8/FP8 (Q/DQ, from real captured inputs) or INT4 weight-only engine dir, "
+                         "with a report against the source dir")
+    cal.add_argument("engine_dir", type=Path, help="engine dir to quantize: fp32 for int8/fp8, fp16 or fp32 for int4")
+    cal.add_argument("--out", required=True, type=Path, help="engine dir to write")
     cal.add_argument("--data", type=Path, help="folder of images + prompts.txt (one prompt per line, cycled over the "
                      "images), or a JSONL of {\"image\", \"prompt\"}; default: the shipped photos with varied prompts")
-    cal.add_argument("--precision", default="int8", choices=["int8"])
-    cal.add_argument("--calibration", default="minmax", choices=["minmax", "percentile", "entropy"])
+    cal.add_argument("--precision", default="int8", choices=["int8", "int4", "fp8"],
+                     help="int8: static Q/DQ (ONNX Runtime, TensorRT); int4: 4-bit weights only (the decode-speed and "
+                     "memory lever); fp8: e4m3 Q/DQ for TensorRT on GPUs with FP8")
+    cal.add_argument("--calibration", choices=["minmax", "percentile", "entropy", "distribution"],
+                     help="int8: minmax (default), percentile or entropy; fp8: distribution (the only one)")
+    cal.add_argument("--algorithm", default="rtn", choices=["rtn", "gptq", "hqq"],
+                     help="int4: rtn (no data), gptq (the captured feeds) or hqq (no data, runs on torch)")
+    cal.add_argument("--block-size", type=int, default=128, help="int4: input channels that share one scale")
+    cal.add_argument("--int4-format", default="matmulnbits", choices=["matmulnbits", "qdq"],
+                     help="int4: MatMulNBits for ONNX Runtime (CPU, CUDA), or int4 DequantizeLinear + MatMul for "
+                     "TensorRT (`cli.py build`); qdq takes --algorithm rtn")
     cal.add_argument("--keep-fp32", metavar="PATTERNS",
                      help="comma-separated fnmatch patterns of node names, op types, graph/node or graph names to leave "
-                     "fp32 (default: the vision graph when the method prunes inside the ViT; '' quantizes it too)")
+                     "unquantized (default: the vision graph when the method prunes inside the ViT; '' quantizes it too)")
     cal.add_argument("--max-requests", type=int, metavar="N", help="calibrate on the first N requests only")
     cal.add_argument("--held-out", type=int, default=3, help="requests kept aside for the report")
     cal.add_argument("--max-new-tokens", type=int, default=4, help="tokens per request while capturing and comparing")
+    cal.add_argument("--no-report", action="store_true", help="skip the comparison with the source dir (it opens both "
+                     "dirs at once); one generation still checks the new dir")
     cal.add_argument("--force", action="store_true", help="replace --out if it exists")
     cal.add_argument("--json", action="store_true", help="print the report as JSON")
     cal.set_defaults(func=cmd_calibrate)
@@ -361,7 +373,9 @@ def cmd_calibrate(args) -> int:
     from calibration.report import format_report
     patterns = None if args.keep_fp32 is None else tuple(p.strip() for p in args.keep_fp32.split(",") if p.strip())
     report = calibrate(CalibrationConfig(args.engine_dir, args.out, args.data, args.precision, args.calibration, patterns,
-                                         args.max_requests, args.held_out, args.max_new_tokens, force=args.force))
+                                         args.max_requests, args.held_out, args.max_new_tokens, force=args.force,
+                                         algorithm=args.algorithm, block_size=args.block_size,
+                                         int4_format=args.int4_format, report=not args.no_report))
     print(json.dumps(report) if args.json else format_report(report))
     return 0
 

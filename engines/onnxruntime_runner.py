@@ -32,8 +32,9 @@ class SessionFromOnnx:
     copies them as soon as it optimizes the graph (fusions, constant folding of fp16 casts, prepacking), so such a
     session runs unoptimized."""
 
-    def __init__(self, path, providers: list[str] | None = None, threads: int = 0, qdq: bool = False,
+    def __init__(self, path, providers: list[str] | None = None, threads: int = 0, qdq: str | None = None,
                  initializers: dict | None = None):
+        """qdq: the precision of the graph's quantization (int8, int4, fp8), if it has any."""
         self.path, self.providers, self.threads, self.qdq = str(path), providers, threads, qdq
         self.initializers = initializers or {}
 
@@ -56,6 +57,10 @@ class SessionFromOnnx:
         # would merge them back, and a shared Q blocks the int8 MatMul fusion (q/k/v, gate/up stay float
         # MatMuls over dequantized weights: 64 of 224 GEMMs fused in the bench decode graph, 224 without it).
         disabled = ["CommonSubexpressionElimination"] if self.qdq else []
+        if self.qdq == "fp8":
+            # The CPU's Q/DQ fusions are integer kernels, and they take e4m3 pairs for int8 ones (the session is
+            # refused): dequantize each weight and activation, then run float MatMuls.
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         return ort.InferenceSession(self.path, options, providers=pick_providers(self.providers),
                                     disabled_optimizers=disabled)
 

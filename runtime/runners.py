@@ -15,9 +15,11 @@ def open_onnxruntime(manifest: Manifest, providers: list[str] | None = None,
                      kv_device: str | None = "auto", threads: int = 0) -> dict[str, OnnxrtRunner]:
     """kv_device: see OnnxrtRunner ("auto": KV caches stay on the GPU when the sessions run there); threads: intra-op
     threads per session (0: ONNX Runtime's default, one per physical core)."""
-    runners, qdq = {}, set((manifest.quantization or {}).get("graphs", []))
+    q = manifest.quantization or {}
+    runners, quantized = {}, set(q.get("graphs", []))
     for name, record in manifest.graphs.items():
-        loader = SessionFromOnnx(manifest.graph_file(name), providers, threads, qdq=name in qdq)
+        loader = SessionFromOnnx(manifest.graph_file(name), providers, threads,
+                                 qdq=q["precision"] if name in quantized else None)
         runner = OnnxrtRunner(loader, name, kv_device)
         check_engine(name, record, runner, record.file, "Export the engine dir again.")
         runners[name] = runner

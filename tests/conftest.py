@@ -9,6 +9,7 @@ import torch
 from calibration.capture import record
 from calibration.fidelity import greedy_mismatch
 from engines.kv_names import PAST_PREFIX
+from engines.tensorrt.availability import TensorRTUnavailable, require_tensorrt
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "assets" / "images"
@@ -40,6 +41,17 @@ def file_modes(root: Path) -> dict:
 def past_types(feeds: list[dict]) -> list[set]:
     """Per decode feed, the type names of its past KV caches (numpy, OrtValue, CacheView...)."""
     return [{type(v).__name__ for k, v in feed.items() if k.startswith(PAST_PREFIX)} for feed in feeds]
+
+
+def tensorrt_skip_reason() -> str | None:
+    try:
+        require_tensorrt()
+    except TensorRTUnavailable as e:
+        return f"needs TensorRT and an NVIDIA GPU: {e}"
+    return None
+
+
+needs_tensorrt_gpu = pytest.mark.skipif(tensorrt_skip_reason() is not None, reason=tensorrt_skip_reason() or "")
 
 
 @pytest.fixture(scope="session", autouse=True)

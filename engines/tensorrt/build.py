@@ -7,6 +7,8 @@ graph, by TensorRT major version:
   to fp32 under obey_precision_constraints; int8/fp8 flags over Q/DQ graphs.
 - 11.x (strongly typed only: the fp16/bf16/int8 flags and precision constraints are gone): fp32, or
   int8/fp8 from Q/DQ graphs; an fp16 plan needs an fp16 graph (export --dtype fp16).
+INT4 weight-only graphs (int4 DequantizeLinear into MatMul, `calibrate --int4-format qdq`) need no flag on either:
+the parser takes int4 Q/DQ since 10.0, and the plan computes in the graph's dtype.
 """
 from dataclasses import dataclass, field
 from pathlib import Path

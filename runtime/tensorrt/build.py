@@ -53,6 +53,10 @@ def build_engine_dir(src, out=None, cfg: BuildConfig = BuildConfig(), progress=p
     manifest = load_manifest(src)
     if manifest.engines is not None:
         raise EngineDirError(f"{src} is already a TensorRT engine dir; build from the exported ONNX dir instead")
+    if (manifest.quantization or {}).get("format") == "MatMulNBits":
+        raise ConfigError(f"{src} holds int4 MatMulNBits graphs, an ONNX Runtime operator TensorRT does not have: "
+                          "calibrate the source dir again with --precision int4 --int4-format qdq (int4 "
+                          "DequantizeLinear + MatMul, which TensorRT reads), then build that")
     out = Path(out) if out else default_out(src)
     check_destination(out, cfg.force)
     profiles = manifest_profiles(manifest, ProfileConfig(max_batch=cfg.max_batch))

@@ -162,12 +162,13 @@ def test_report_values(none_int8):
     _, report = none_int8
     s = report["summary"]
     assert s["requests"] == 1 and s["logit_cosine_min"] > COSINE_FLOOR
+    assert (s["reference"], s["quantized"]) == ("fp32", "int8")
     assert 0.0 <= s["agreement_prefix"] <= s["agreement_overall"] <= 1.0
     assert s["kept_overlap"] == {}  # method none prunes nothing
     lat = s["latency"]
-    assert lat["ratio"] > 0 and lat["ratio"] == pytest.approx(lat["int8_ms"]["total"] / lat["fp32_ms"]["total"])
+    assert lat["ratio"] > 0 and lat["ratio"] == pytest.approx(lat["quantized_ms"]["total"] / lat["reference_ms"]["total"])
     row = report["requests"][0]
-    assert len(row["tokens_fp32"]) == len(row["tokens_int8"]) == 2
+    assert len(row["tokens_reference"]) == len(row["tokens_quantized"]) == 2
     assert report["calibration"]["seconds"] > 0
 
 
@@ -319,7 +320,7 @@ def test_every_quantized_matmul_runs_as_an_int8_kernel_on_onnx_runtime(none_int8
     assert quantized == 32 * 5, f"expected the decoder graph's 160 linear layers quantized, found {quantized}"
     options = ort.SessionOptions
     monkeypatch.setattr(ort, "SessionOptions", lambda: _dumping(options(), tmp_path / "optimized.onnx"))
-    SessionFromOnnx(out / "decoder.0.onnx", ["CPUExecutionProvider"], qdq=True)()
+    SessionFromOnnx(out / "decoder.0.onnx", ["CPUExecutionProvider"], qdq="int8")()
     ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx"), load_external_data=False).graph.node]
     assert ops.count("MatMulIntegerToFloat") == quantized
     assert "DequantizeLinear" not in ops

@@ -17,19 +17,15 @@ from engines.tensorrt.build import BuildOptions, config_options
 from runtime.errors import ConfigError, EngineDirError
 from runtime.load import open_engine_dir
 from runtime.tensorrt.build import BuildConfig, build_engine_dir
-from tests.conftest import IMAGES, PROMPTS, ROOT, generate_with_logits, past_types, token_mismatches
-
-
-def tensorrt_skip_reason() -> str | None:
-    try:
-        require_tensorrt()
-    except TensorRTUnavailable as e:
-        return f"needs TensorRT and an NVIDIA GPU: {e}"
-    return None
-
-
-SKIP_REASON = tensorrt_skip_reason()
-needs_tensorrt_gpu = pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")
+from tests.conftest import (
+    IMAGES,
+    PROMPTS,
+    ROOT,
+    generate_with_logits,
+    needs_tensorrt_gpu,
+    past_types,
+    token_mismatches,
+)
 
 
 @pytest.fixture
