@@ -540,7 +540,9 @@ def replace_section(text: str, lines: list[str]) -> str:
     return replace_named_section(text, SECTION, lines)
 
 
-CARRIED = (SECTION, "## Against onnxruntime-genai")  # sections other scripts write, each far slower to redo
+# sections other scripts write, each far slower to redo
+CARRIED = (SECTION, "## Against onnxruntime-genai", "## IVTP prefill against its FLOPs", "## Quantization on CPU",
+           "## INT4 at 7B geometry")
 
 
 def carry_section(old: str, new: str) -> str:
