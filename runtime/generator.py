@@ -35,11 +35,8 @@ class Generator:
 
     def generate(self, requests: list[Request], max_new_tokens: int = 32) -> list[Result]:
         """`max_new_tokens` is the limit of every request whose sampling params set none."""
-        if max_new_tokens < 1:
-            raise InputError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
         timer, start = Timer(self.m.graphs), time.perf_counter()
-        params = [r.sampling or GREEDY for r in requests]
-        limits = [p.max_new_tokens or max_new_tokens for p in params]
+        params, limits = self.sampling(requests, max_new_tokens)
         prompts = [self.prompts.encode(r.prompt) for r in requests]
         self._check_lengths(prompts, limits)
         pixels = np.stack([preprocess(self._image(r), self.preprocess_cfg) for r in requests])
@@ -50,10 +47,21 @@ class Generator:
         total_ms = (time.perf_counter() - start) * 1e3
         timings = {**{k: round(v, 3) for k, v in timer.ms.items()}, "prefill_total": round(prefill_ms, 3),
                    "decode_total": round(total_ms - prefill_ms, 3), "total": round(total_ms, 3)}
-        return [Result(run.text(self.prompts.decode), run.tokens, p.input_ids,
-                       [{"name": s, "kept": k[b, :n[b]].tolist()} for s, k, n in done.stages], dict(timings),
-                       done.relevant[b], kv_bytes, done.visual.report(b), run.finish_reason)
-                for b, (p, run) in enumerate(zip(prompts, runs))]
+        return [self.result(done, b, p, run, dict(timings), kv_bytes) for b, (p, run) in enumerate(zip(prompts, runs))]
+
+    @staticmethod
+    def sampling(requests: list[Request], max_new_tokens: int) -> tuple[list, list[int]]:
+        """Each request's sampling params (greedy where it sets none) and token limit."""
+        if max_new_tokens < 1:
+            raise InputError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+        params = [r.sampling or GREEDY for r in requests]
+        return params, [p.max_new_tokens or max_new_tokens for p in params]
+
+    def result(self, done: Prefilled, b: int, prompt, run: Continuation, timings: dict, kv_bytes: int) -> Result:
+        """Request b of a prefill batch, once its Continuation finished."""
+        return Result(run.text(self.prompts.decode), run.tokens, prompt.input_ids,
+                      [{"name": s, "kept": k[b, :n[b]].tolist()} for s, k, n in done.stages], timings,
+                      done.relevant[b], kv_bytes, done.visual.report(b), run.finish_reason)
 
     def prefill(self, prompts, pixels, timer: Timer, decode_slots: int = 0) -> Prefilled:
         return prefill(self, prompts, pixels, timer, decode_slots)
@@ -76,16 +84,13 @@ class Generator:
         return runs
 
     def _step(self, token_ids, positions, caches, timer: Timer) -> np.ndarray:
-        """One decode step for one new token per request: its logits [B, V]; every segment's buffers gain its slot."""
+        """One decode step for one new token per request: its logits [B, V]. `caches.segments` holds per segment
+        what step_feed()/stepped() speak (a SegmentCache, or rows of an in-flight pool): each gains the new slot."""
         run = lambda name, feed: timer.run(self.engines[name], name, feed, key="decode")  # noqa: E731
         x = run(self.pipe.embed, {"input_ids": token_ids})["inputs_embeds"]
         for seg, cache in zip(self.pipe.segments, caches.segments):
-            cache.valid[:, cache.used] = True  # the new token sees itself
-            feed = {"hidden_in": x, "position_ids": positions, "attention_mask": cache.valid[:, None, :].copy(),
-                    "write_index": np.full(len(x), cache.used, np.int32), **cache.past()}
-            out = run(seg.decoder, feed)
-            cache.add(seg, out)
-            cache.used += 1
+            out = run(seg.decoder, {"hidden_in": x, "position_ids": positions, **cache.step_feed()})
+            cache.stepped(seg, out)
             x = out["hidden_out"]
         return run(self.pipe.lm_head, {"hidden_last": x[:, -1]})["logits"]
 
