@@ -108,29 +108,44 @@ def add_run(sub):
     r.add_argument("--image", type=Path)
     r.add_argument("--prompt")
     r.add_argument("--requests", type=Path, help="JSONL of {\"image\", \"prompt\"}: run them as one batch")
-    r.add_argument("--max-new-tokens", type=int, default=32)
+    r.add_argument("--max-new-tokens", type=int, default=32, help="per request (a request line's own overrides it)")
+    r.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; above 0: sample")
+    r.add_argument("--top-p", type=float, default=1.0, help="sample from the smallest set of likeliest tokens "
+                   "holding this probability, in (0, 1]")
+    r.add_argument("--top-k", type=int, default=0, help="sample from the k likeliest tokens only; 0: all")
+    r.add_argument("--seed", type=int, help="seed of each request's own random generator (default: a fresh one)")
+    r.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="end a request once its text holds TEXT, which is cut off (repeatable)")
     r.add_argument("--provider", choices=PROVIDERS, help="default: best available")
     r.add_argument("--json", action="store_true", help="print JSON (a list with --requests)")
     r.add_argument("--compare-torch", action="store_true",
-                   help="also run the PyTorch reference (needs torch + the source checkpoint) and compare")
+                   help="also run the PyTorch reference (needs torch + the source checkpoint) and compare greedy tokens")
     r.set_defaults(func=cmd_run)
 
 
 def run_requests(args) -> list:
+    """The requests of `run`, each with the sampling flags (a request line's own keys over them)."""
     from runtime.request import Request
     from runtime.requests_file import read_requests
+    from runtime.sampling import SamplingParams
+    sampling = SamplingParams(args.temperature, args.top_p, args.top_k, args.seed, args.stop)
     if args.requests:
         if args.image or args.prompt:
             raise InputError("give either --requests FILE or --image with --prompt, not both")
-        return read_requests(args.requests)
+        return read_requests(args.requests, sampling)
     if args.image is None or args.prompt is None:
         raise InputError("run needs --image IMG and --prompt TEXT (or --requests FILE.jsonl)")
-    return [Request(args.image, args.prompt)]
+    return [Request(args.image, args.prompt, sampling)]
 
 
 def cmd_run(args) -> int:
     from runtime.load import open_engine_dir
     requests = run_requests(args)
+    sampled = [n for n, r in enumerate(requests, 1) if not r.sampling.greedy]
+    if args.compare_torch and sampled:
+        raise ConfigError(f"--compare-torch compares greedy tokens with the PyTorch reference, but request "
+                          f"{sampled[0]} samples (temperature {requests[sampled[0] - 1].sampling.temperature}); "
+                          "drop --compare-torch or run with temperature 0")
     generator = open_engine_dir(args.engine_dir, args.provider)
     results = generator.generate(requests, args.max_new_tokens)
     if args.compare_torch:

@@ -1,6 +1,7 @@
-"""Stitches the engines of an engine dir: prefill (runtime/prefill.py), then greedy KV-cached decoding: each step
-runs every segment's decoder graph against that segment's buffers, then the LM head. Any runner with
-infer(feed) -> dict serves: ONNX Runtime, TensorRT, or the torch modules themselves (the PyTorch oracle, at
+"""Stitches the engines of an engine dir: prefill (runtime/prefill.py), then KV-cached decoding: each step runs
+every segment's decoder graph against that segment's buffers, then the LM head, and each request picks its next
+token by its own sampling params (greedy by default) until EOS, a stop string or its own token limit. Any runner
+with infer(feed) -> dict serves: ONNX Runtime, TensorRT, or the torch modules themselves (the PyTorch oracle, at
 export)."""
 import time
 
@@ -14,6 +15,9 @@ from runtime.preprocess import ImagePreprocessConfig, load_image, preprocess
 from runtime.prompt import PromptTokenizer
 from runtime.relevance import ClipTokenWindows, InstructionRelevance
 from runtime.request import Request, Result
+from runtime.sampler import Sampler
+from runtime.sampling import GREEDY
+from runtime.stopping import Continuation
 
 
 class Generator:
@@ -30,53 +34,63 @@ class Generator:
         self.vision_tokens = manifest.vision_tokens_out  # visual tokens entering the LLM
 
     def generate(self, requests: list[Request], max_new_tokens: int = 32) -> list[Result]:
-        if max_new_tokens < 1:
-            raise InputError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+        """`max_new_tokens` is the limit of every request whose sampling params set none."""
         timer, start = Timer(self.m.graphs), time.perf_counter()
+        params, limits = self.sampling(requests, max_new_tokens)
         prompts = [self.prompts.encode(r.prompt) for r in requests]
-        self._check_lengths(prompts, max_new_tokens)
+        self._check_lengths(prompts, limits)
         pixels = np.stack([preprocess(self._image(r), self.preprocess_cfg) for r in requests])
-        done = self.prefill(prompts, pixels, timer, max_new_tokens - 1)
+        done = self.prefill(prompts, pixels, timer, max(limits) - 1)  # room for the longest request's decode steps
         kv_bytes = done.caches.nbytes() // len(prompts)  # per request
         prefill_ms = (time.perf_counter() - start) * 1e3
-        tokens = self._decode(done, len(prompts), max_new_tokens, timer)
+        runs = self._decode(done, params, limits, timer)
         total_ms = (time.perf_counter() - start) * 1e3
         timings = {**{k: round(v, 3) for k, v in timer.ms.items()}, "prefill_total": round(prefill_ms, 3),
                    "decode_total": round(total_ms - prefill_ms, 3), "total": round(total_ms, 3)}
-        return [Result(self.prompts.decode(tokens[b]), tokens[b], p.input_ids,
-                       [{"name": s, "kept": k[b, :n[b]].tolist()} for s, k, n in done.stages], dict(timings),
-                       done.relevant[b], kv_bytes, done.visual.report(b)) for b, p in enumerate(prompts)]
+        return [self.result(done, b, p, run, dict(timings), kv_bytes) for b, (p, run) in enumerate(zip(prompts, runs))]
+
+    @staticmethod
+    def sampling(requests: list[Request], max_new_tokens: int) -> tuple[list, list[int]]:
+        """Each request's sampling params (greedy where it sets none) and token limit."""
+        if max_new_tokens < 1:
+            raise InputError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+        params = [r.sampling or GREEDY for r in requests]
+        return params, [p.max_new_tokens or max_new_tokens for p in params]
+
+    def result(self, done: Prefilled, b: int, prompt, run: Continuation, timings: dict, kv_bytes: int) -> Result:
+        """Request b of a prefill batch, once its Continuation finished."""
+        return Result(run.text(self.prompts.decode), run.tokens, prompt.input_ids,
+                      [{"name": s, "kept": k[b, :n[b]].tolist()} for s, k, n in done.stages], timings,
+                      done.relevant[b], kv_bytes, done.visual.report(b), run.finish_reason)
 
     def prefill(self, prompts, pixels, timer: Timer, decode_slots: int = 0) -> Prefilled:
         return prefill(self, prompts, pixels, timer, decode_slots)
 
-    def _decode(self, done: Prefilled, batch: int, max_new_tokens: int, timer: Timer) -> list[list[int]]:
+    def _decode(self, done: Prefilled, params: list, limits: list[int], timer: Timer) -> list[Continuation]:
         logits, caches = done.logits, done.caches
-        tokens = [[] for _ in range(batch)]
-        finished = np.zeros(batch, dtype=bool)
-        for step in range(max_new_tokens):
-            nxt = logits.argmax(-1)
-            for b in range(batch):
-                if not finished[b]:
-                    tokens[b].append(int(nxt[b]))
-                    finished[b] = nxt[b] == self.eos
-            if finished.all() or step == max_new_tokens - 1:
+        sampler = Sampler(params)
+        runs = [Continuation(limit, p.stop) for p, limit in zip(params, limits)]
+        for step in range(max(limits)):
+            active = [b for b, run in enumerate(runs) if run.finish_reason is None]
+            nxt = sampler.pick(logits, active, fill=self.pad)
+            for b in active:
+                runs[b].add(int(nxt[b]), self.eos, self.prompts.decode)
+                if runs[b].finish_reason is not None:
+                    nxt[b] = self.pad  # a finished request rides along on padding until the batch is done
+            if all(run.finish_reason is not None for run in runs):
                 break
-            nxt = np.where(finished, self.pad, nxt).astype(np.int32)[:, None]
-            logits = self._step(nxt, (caches.next_position + step)[:, None].astype(np.int32), caches, timer)
-        return tokens
+            logits = self._step(nxt.astype(np.int32)[:, None], (caches.next_position + step)[:, None].astype(np.int32),
+                                caches, timer)
+        return runs
 
     def _step(self, token_ids, positions, caches, timer: Timer) -> np.ndarray:
-        """One decode step for one new token per request: its logits [B, V]; every segment's buffers gain its slot."""
+        """One decode step for one new token per request: its logits [B, V]. `caches.segments` holds per segment
+        what step_feed()/stepped() speak (a SegmentCache, or rows of an in-flight pool): each gains the new slot."""
         run = lambda name, feed: timer.run(self.engines[name], name, feed, key="decode")  # noqa: E731
         x = run(self.pipe.embed, {"input_ids": token_ids})["inputs_embeds"]
         for seg, cache in zip(self.pipe.segments, caches.segments):
-            cache.valid[:, cache.used] = True  # the new token sees itself
-            feed = {"hidden_in": x, "position_ids": positions, "attention_mask": cache.valid[:, None, :].copy(),
-                    "write_index": np.full(len(x), cache.used, np.int32), **cache.past()}
-            out = run(seg.decoder, feed)
-            cache.add(seg, out)
-            cache.used += 1
+            out = run(seg.decoder, {"hidden_in": x, "position_ids": positions, **cache.step_feed()})
+            cache.stepped(seg, out)
             x = out["hidden_out"]
         return run(self.pipe.lm_head, {"hidden_last": x[:, -1]})["logits"]
 
@@ -85,9 +99,9 @@ class Generator:
         """A path is loaded (with checks); an already opened PIL image is converted to RGB."""
         return request.image.convert("RGB") if isinstance(request.image, Image.Image) else load_image(request.image)
 
-    def _check_lengths(self, prompts, max_new_tokens):
+    def _check_lengths(self, prompts, limits: list[int]):
         limit = self.facts["max_positions"]
-        for p in prompts:
+        for p, max_new_tokens in zip(prompts, limits):
             need = len(p.input_ids) - 1 + self.vision_tokens + max_new_tokens
             if need > limit:
                 raise InputError(f"the prompt is {len(p.input_ids) - 1} tokens; with {self.vision_tokens} visual tokens and "

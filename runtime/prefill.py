@@ -72,6 +72,16 @@ class SegmentCache:
     def add(self, seg: Segment, out: dict):
         self.layers.update({i: (out[f"present.{i}.key"], out[f"present.{i}.value"]) for i in range(seg.first, seg.last + 1)})
 
+    def step_feed(self) -> dict:
+        """A decode step's cache feeds: every request writes its new token at slot `used`, which it sees."""
+        self.valid[:, self.used] = True  # the new token sees itself
+        return {"attention_mask": self.valid[:, None, :].copy(),
+                "write_index": np.full(len(self.valid), self.used, np.int32), **self.past()}
+
+    def stepped(self, seg: Segment, out: dict):
+        self.add(seg, out)
+        self.used += 1
+
     def past(self) -> dict:
         return dict(zip(kv_names(PAST, self.layers), (cache for kv in self.layers.values() for cache in kv)))
 

@@ -8,6 +8,8 @@ import pytest
 from PIL import Image
 
 import cli
+from runtime.request import Request
+from runtime.sampling import SamplingParams
 from tests.conftest import IMAGES, ROOT, read_manifest
 
 
@@ -46,6 +48,48 @@ def test_requests_file_runs_as_a_batch_and_prints_a_list_in_order(capsys, ivtp_d
                                   "--max-new-tokens", 4, "--json")
         single = json.loads(single)
         assert item["token_ids"] == single["token_ids"] and item["stages"] == single["stages"]
+
+
+def test_sampling_flags_reach_the_generator_and_a_request_line_sets_its_own(capsys, ivtp_dir, ivtp_engines, tmp_path):
+    image, prompt = IMAGES / "coffee.jpg", "What is in the cup?"
+    flags = ["--temperature", 0.9, "--top-k", 40, "--top-p", 0.95, "--seed", 3, "--stop", "never", "--stop", "nor this"]
+    code, out, err = run_cli(capsys, "run", ivtp_dir, "--image", image, "--prompt", prompt, "--max-new-tokens", 4,
+                             *flags, "--json")
+    assert code == 0, err
+    want = ivtp_engines.generate([Request(image, prompt, SamplingParams(0.9, 0.95, 40, 3, ("never", "nor this")))], 4)[0]
+    result = json.loads(out)
+    assert result["token_ids"] == want.token_ids and len(want.token_ids) == 4 and result["finish_reason"] == "length"
+
+    path = tmp_path / "requests.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in [{"image": str(image), "prompt": prompt},
+                                                      {"image": str(image), "prompt": prompt, "max_new_tokens": 2}]))
+    code, out, err = run_cli(capsys, "run", ivtp_dir, "--requests", path, "--max-new-tokens", 4, *flags, "--json")
+    assert code == 0, err
+    batch = json.loads(out)
+    assert [r["token_ids"] for r in batch] == [want.token_ids, want.token_ids[:2]]  # the same seed in each request
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--temperature", -1], "temperature must be a finite number >= 0 (0 is greedy), got -1.0"),
+    (["--top-p", 0], "top_p must be a number in (0, 1] (1 keeps every token), got 0.0"),
+    (["--top-k", -2], "top_k must be an integer >= 0 (0 keeps every token), got -2"),
+    (["--seed", -1], "seed must be an integer >= 0 (or left out for a random one), got -1"),
+    (["--stop", ""], "stop must be a list of non-empty strings, got ['']"),
+    (["--temperature", 0.7, "--compare-torch"], "--compare-torch compares greedy tokens with the PyTorch reference, "
+     "but request 1 samples (temperature 0.7); drop --compare-torch or run with temperature 0"),
+])
+def test_bad_sampling_flags_exit_2_before_any_engine_loads(capsys, tmp_path, args, words):
+    code, out, err = run_cli(capsys, "run", tmp_path / "no-engines", "--image", IMAGES / "coffee.jpg", "--prompt", "hi",
+                             *args)
+    assert code == 2 and out == "" and err == f"error: {words}\n"
+
+
+def test_a_bad_sampling_key_in_a_request_line_names_the_file_and_line(capsys, tmp_path):
+    path = tmp_path / "requests.jsonl"
+    line = {"image": str(IMAGES / "coffee.jpg"), "prompt": "hi"}
+    path.write_text(json.dumps(line) + "\n\n" + json.dumps({**line, "top_k": "many"}))
+    code, _, err = run_cli(capsys, "run", tmp_path / "no-engines", "--requests", path)
+    assert code == 2 and err == f"error: {path}:3: top_k must be an integer >= 0 (0 keeps every token), got 'many'\n"
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "1"])
