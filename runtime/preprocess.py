@@ -8,6 +8,7 @@ backend resizes differently (tensor bicubic), so it is not bit-matched.
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import os
 import warnings
@@ -144,23 +145,34 @@ def load_image(path, *, apply_exif_orientation: bool = False) -> Image.Image:
         raise InputError(f"image path {path!r} is a directory; expected an image file, pass a file inside it")
     if os.path.getsize(path) == 0:
         raise InputError(f"image file {path!r} is empty (0 bytes); expected image data, re-export or re-download it")
+    return decode_image(path, f"image file {path!r}", apply_exif_orientation)
+
+
+def load_image_bytes(data: bytes, what: str = "the image", *, apply_exif_orientation: bool = False) -> Image.Image:
+    """load_image for encoded bytes (an upload, a data: URL); `what` names them in the errors."""
+    if not data:
+        raise InputError(f"{what} is empty (0 bytes); expected image data")
+    return decode_image(io.BytesIO(data), what, apply_exif_orientation)
+
+
+def decode_image(source, what: str, apply_exif_orientation: bool = False) -> Image.Image:
+    """A path or a binary file object, decoded fully in RGB; `what` names it in the errors."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check the size ourselves below
-            im = Image.open(path)
+            im = Image.open(source)
     except Image.DecompressionBombError as e:
-        raise InputError(f"image file {path!r} is too large ({e}); the limit is {MAX_IMAGE_PIXELS} pixels "
+        raise InputError(f"{what} is too large ({e}); the limit is {MAX_IMAGE_PIXELS} pixels "
                          "(decompression bomb protection), resize it first") from None
     except Exception as e:
-        raise InputError(f"image file {path!r} is not a readable image ({type(e).__name__}: {e}); "
+        raise InputError(f"{what} is not a readable image ({type(e).__name__}: {e}); "
                          "expected a valid JPEG/PNG/GIF/BMP/TIFF/WebP file, re-save it as PNG or JPEG") from None
     with im:
         w, h = im.size
         if w == 0 or h == 0:
-            raise InputError(f"image file {path!r} has zero size ({w}x{h}); expected at least 1x1 pixels, "
-                             "re-export the image")
+            raise InputError(f"{what} has zero size ({w}x{h}); expected at least 1x1 pixels, re-export the image")
         if w * h > MAX_IMAGE_PIXELS:  # checked before decoding: a tiny file can declare a huge canvas
-            raise InputError(f"image file {path!r} is {w}x{h} = {w * h} pixels, over the limit of {MAX_IMAGE_PIXELS} "
+            raise InputError(f"{what} is {w}x{h} = {w * h} pixels, over the limit of {MAX_IMAGE_PIXELS} "
                              "pixels (decompression bomb protection); resize it first")
         try:
             im.load()  # force a full decode so truncated/corrupt data fails here, not later
@@ -168,7 +180,7 @@ def load_image(path, *, apply_exif_orientation: bool = False) -> Image.Image:
                 im = ImageOps.exif_transpose(im)
             return _to_rgb(im)
         except Exception as e:
-            raise InputError(f"image file {path!r} is corrupt or truncated ({type(e).__name__}: {e}); "
+            raise InputError(f"{what} is corrupt or truncated ({type(e).__name__}: {e}); "
                              "expected a complete image file, re-export or re-download it") from None
 
 
