@@ -16,7 +16,7 @@ import logging
 import onnx
 
 from calibration.prepare import prepared_model
-from calibration.quantize import FeedReader, GraphResult, quiet_quantizer
+from calibration.quantize import GraphResult, quiet_quantizer
 from runtime.errors import ConfigError
 
 ALGORITHMS = ("rtn", "gptq", "hqq")
@@ -105,7 +105,5 @@ def _gptq(model, candidates, excluded, feeds, block_size):
     feeds = prompt_feeds(feeds)
     config = {n: "fp32" if n in excluded else {"bits": 4, "group_size": block_size, "scheme": "sym", "algorithm": "GPTQ"}
               for n in candidates}
-    reader = FeedReader(feeds)
-    batches = iter(lambda: reader.get_next(), None)
-    return gptq_quantize(model, ((feed, None) for feed in batches), weight_config=config, group_size=block_size,
+    return gptq_quantize(model, ((feed, None) for feed in feeds), weight_config=config, group_size=block_size,
                          scheme="sym", n_samples=-1, blocksize=block_size, perchannel=True)
