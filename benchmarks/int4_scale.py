@@ -24,10 +24,10 @@ from benchmarks.scale_check import (
     build_pair,
     dir_bytes,
     export_step,
+    publish_section,
     python,
     run_step,
     timed,
-    write_benchmarks_section,
 )
 
 SECTION = "## INT4 at 7B geometry"
@@ -144,10 +144,7 @@ def main(argv=None) -> int:
         runs = [measure(args)]
         (args.json or args.cache / "int4_scale.json").write_text(json.dumps(runs[0], indent=1))
     lines = section(runs)
-    if args.write_benchmarks:
-        return write_benchmarks_section(SECTION, lines)
-    print("\n".join(lines))
-    return 0
+    return publish_section(SECTION, lines, args.write_benchmarks)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.scale_check import dir_bytes, write_benchmarks_section
+from benchmarks.scale_check import dir_bytes, publish_section
 from calibration.calibrate import CalibrationConfig, calibrate
 
 SECTION = "## Quantization on CPU"
@@ -52,9 +52,8 @@ def measure(args) -> dict:
 def section(r: dict) -> list[str]:
     runs = r["runs"]
     stages = list(runs[0]["summary"]["kept_overlap"])
-    shown = [s for s in (stages[:1] + stages[-1:]) if s] if stages else []
-    vit_last = [s for s in stages if s.startswith("vit.")][-1:]
-    shown = list(dict.fromkeys(shown[:1] + vit_last + shown[1:]))
+    # the first stage, the ViT's last and the LLM's last
+    shown = list(dict.fromkeys(stages[:1] + [s for s in stages if s.startswith("vit.")][-1:] + stages[-1:]))
     lines = [SECTION, "", f"Measured {r['date']} by `python -m benchmarks.quantized_cpu --model {r['model']} --method "
              f"{r['method']}`: each precision against the dir it was made from, on {runs[0]['summary']['requests']} "
              "held-out requests, ONNX Runtime CPU on a shared 2-core machine (latency: medians of "
@@ -88,10 +87,7 @@ def main(argv=None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         results = measure(args)
     lines = section(results)
-    if args.write_benchmarks:
-        return write_benchmarks_section(SECTION, lines)
-    print("\n".join(lines))
-    return 0
+    return publish_section(SECTION, lines, args.write_benchmarks)
 
 
 if __name__ == "__main__":

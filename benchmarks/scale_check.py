@@ -536,6 +536,14 @@ def write_benchmarks_section(heading: str, lines: list[str]) -> int:
     return 0
 
 
+def publish_section(heading: str, lines: list[str], write: bool) -> int:
+    """Into BENCHMARKS.md (and printed) when `write`, else printed only."""
+    if write:
+        return write_benchmarks_section(heading, lines)
+    print("\n".join(lines))
+    return 0
+
+
 def replace_section(text: str, lines: list[str]) -> str:
     return replace_named_section(text, SECTION, lines)
 
