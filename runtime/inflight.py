@@ -36,10 +36,15 @@ from runtime.request import Request, Result
 from runtime.sampler import Sampler
 from runtime.stopping import Continuation
 
+
+class Cancelled(Exception):
+    """The request was dropped before it finished (InflightBatcher.cancel)."""
+
+
 OnToken = Callable[[int, int, str], None]  # (request id, token id, text so far, cut before any stop string)
 
 
-@dataclass
+@dataclass(eq=False)  # handles are compared by identity: one per submitted request
 class Handle:
     """One submitted request: its tokens as they come, the pool rows it held, then its Result or its error."""
     id: int
@@ -102,6 +107,19 @@ class InflightBatcher:
         self._ids += 1
         self.waiting.append(handle)
         return handle
+
+    def cancel(self, handle: Handle) -> bool:
+        """Drops a request whose client went away: out of the queue, or its row freed at once for the next one. Its
+        `result()` then raises Cancelled. False if it had already finished."""
+        if handle.done:
+            return False
+        handle.error = Cancelled(f"request {handle.id} was cancelled after {len(handle.tokens)} tokens")
+        handle.done, handle.finished_step = True, self.steps
+        if any(h is handle for h in self.waiting):
+            self.waiting.remove(handle)
+        elif any(h is handle for h in self.rows):
+            self._free([handle])
+        return True
 
     @property
     def busy(self) -> bool:
