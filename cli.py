@@ -36,6 +36,7 @@ def parser(with_knobs: bool = True) -> argparse.ArgumentParser:
     sub = p.add_subparsers(required=True, metavar="COMMAND")
     add_export(sub, with_knobs)
     add_run(sub)
+    add_serve(sub)
     add_verify(sub)
     add_flops(sub)
     add_profile(sub)
@@ -160,6 +161,45 @@ def cmd_run(args) -> int:
             print(f"[{s['name']}] kept {len(s['kept'])} visual tokens")
         print(r.text)
         print(f"(prefill {r.timings_ms['prefill_total']:.1f} ms, total {r.timings_ms['total']:.1f} ms)", file=sys.stderr)
+    return 0
+
+
+def add_serve(sub):
+    s = sub.add_parser("serve", help="serve an engine dir: Triton (KServe v2 HTTP/gRPC, metrics) and an OpenAI API")
+    s.add_argument("engine_dir", type=Path)
+    s.add_argument("--host", default="127.0.0.1", help="address of every endpoint (default: loopback only)")
+    s.add_argument("--port", type=int, default=9000, help="the OpenAI-compatible API (/v1/chat/completions)")
+    s.add_argument("--http-port", type=int, default=8000, help="Triton's KServe v2 HTTP")
+    s.add_argument("--grpc-port", type=int, default=8001, help="Triton's KServe v2 gRPC")
+    s.add_argument("--metrics-port", type=int, default=8002, help="Triton's Prometheus metrics")
+    s.add_argument("--max-batch", type=int, default=8, help="requests decoded together")
+    s.add_argument("--max-queue", type=int, default=32, help="requests waiting for a row; more are refused with 429")
+    s.add_argument("--max-new-tokens", type=int, default=32, help="a request's limit when it sets no max_tokens")
+    s.add_argument("--batching", choices=["inflight", "static"], default="inflight",
+                   help="inflight (default): requests join and leave the running batch at every decode step; "
+                        "static: whole batches, the baseline")
+    s.add_argument("--provider", choices=PROVIDERS, default="cpu",
+                   help="cpu (default); cuda and tensorrt keep KV on the GPU, so they serve with --batching static")
+    s.add_argument("--model-name", help="the served model's name (default: prunevlm-<method>)")
+    s.add_argument("--allow-local-images", type=Path, metavar="DIR",
+                   help="let requests name image files inside DIR (nothing outside it); off by default")
+    s.add_argument("--stub-env", type=Path, metavar="DIR", help="a Python env with numpy<2 and pyzmq for Triton's "
+                   "Python-backend stub (default: made once under ~/.cache/prunevlm)")
+    s.add_argument("--no-triton", action="store_true", help="the OpenAI API alone, without Triton")
+    s.add_argument("--triton-log", type=Path, help="tritonserver's log file (default: in the temp dir)")
+    s.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    from serving.server import ServeConfig, Server
+    cfg = ServeConfig(args.engine_dir, args.host, args.port, args.http_port, args.grpc_port, args.metrics_port,
+                      args.max_batch, args.max_queue, args.max_new_tokens, args.batching, args.provider,
+                      args.model_name, args.allow_local_images, args.stub_env, not args.no_triton, args.triton_log)
+    try:
+        Server(cfg, progress=lambda line: print(line, flush=True)).serve()
+    except ImportError as e:
+        raise InputError(f"serve needs {e.name}, which does not import here; install the serve extra: "
+                         "pip install -e '.[serve]' && pip install --no-deps nvidia-pytriton==0.7.0") from None
     return 0
 
 

@@ -66,9 +66,9 @@ def request_from_inputs(inputs: dict) -> Request:
     return Request(image, prompt, SamplingParams(**knobs) if knobs else None)
 
 
-def token_outputs(token: int, piece: str) -> dict:
-    """One streamed token: its id and the text it added."""
-    return {"text": _bytes(piece), "token_ids": np.array([token], np.int64), "finish_reason": _bytes(""),
+def token_outputs(tokens: int | list[int], piece: str) -> dict:
+    """One streamed response: the token(s) since the last one, and the text they added."""
+    return {"text": _bytes(piece), "token_ids": np.array(np.atleast_1d(tokens), np.int64), "finish_reason": _bytes(""),
             "details": _bytes("")}
 
 
