@@ -550,7 +550,7 @@ def replace_section(text: str, lines: list[str]) -> str:
 
 # sections other scripts write, each far slower to redo
 CARRIED = (SECTION, "## Against onnxruntime-genai", "## IVTP prefill against its FLOPs", "## Quantization on CPU",
-           "## INT4 at 7B geometry")
+           "## INT4 at 7B geometry", "## Serving on loopback (CPU)")
 
 
 def carry_section(old: str, new: str) -> str:
@@ -606,7 +606,7 @@ def main(argv=None) -> int:
                "layers": args.layers, "dtypes": dtypes,
                "methods": methods, "max_new_tokens": args.max_new_tokens, "geometry": dataclasses.asdict(g),
                "weight_bytes": wb, "weight_bytes_32_layers": wb32,
-               "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(),
+               "machine": {"cpu": cpu_name(), "cores": os.cpu_count(),
                            "mem_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB},
                "entries": []}
     save = lambda: json_path.write_text(json.dumps(results, indent=1))  # noqa: E731
@@ -679,7 +679,7 @@ def report(results: dict, write_benchmarks: bool) -> int:
     return 0
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
