@@ -10,6 +10,7 @@ import logging
 import queue
 import select
 import socket
+import sys
 import threading
 import time
 from http import HTTPStatus
@@ -91,7 +92,11 @@ class _HTTPServer(ThreadingHTTPServer):
     app: OpenAIServer
 
     def handle_error(self, request, client_address):
-        log.warning("connection from %s failed", client_address[0], exc_info=True)
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):  # a client that left an idle keep-alive connection
+            log.debug("connection from %s ended: %s", client_address[0], error)
+        else:
+            log.warning("connection from %s failed", client_address[0], exc_info=True)
 
 
 class _Handler(BaseHTTPRequestHandler):
