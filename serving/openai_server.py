@@ -205,10 +205,11 @@ class _Handler(BaseHTTPRequestHandler):
             raise
 
     def _stream(self, chat, reply: shape.Completion, event: tuple, events: queue.Queue):
+        self.chunked = self.request_version != "HTTP/1.0"  # an HTTP/1.0 client reads the stream to the close instead
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
-        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header(*(("Transfer-Encoding", "chunked") if self.chunked else ("Connection", "close")))
         self._end_headers()
         self._event(reply.chunk({"role": "assistant", "content": ""}))
         text = StreamText((chat.request.sampling or GREEDY).stop)
@@ -316,7 +317,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._chunk(b"data: " + json.dumps(body).encode() + b"\n\n")
 
     def _chunk(self, data: bytes):
-        self._write(b"%x\r\n%s\r\n" % (len(data), data))
+        """One piece of a stream's body; b"" ends it."""
+        if self.chunked:
+            self._write(b"%x\r\n%s\r\n" % (len(data), data))
+        elif data:
+            self._write(data)
 
     def _write(self, data: bytes):
         try:

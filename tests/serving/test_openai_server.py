@@ -4,6 +4,9 @@ clients that leave free their rows."""
 import base64
 import http.client
 import json
+import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +19,7 @@ from runtime.request import Request
 from runtime.sampling import SamplingParams
 from serving.engine_loop import EngineLoop
 from serving.openai_server import OpenAIServer
-from tests.conftest import IMAGES
+from tests.conftest import IMAGES, ROOT
 
 MODEL = "prunevlm/tiny-ivtp"
 MAX_TOKENS = 8
@@ -141,6 +144,19 @@ def test_a_stream_without_include_usage_has_no_usage_chunk_and_ends_with_done(se
     assert resp.read() == b"\n"  # the chunked body ends with [DONE]'s blank line; the connection stays usable
     assert post(server.port, body(PROMPTS[3]), conn)[2]["choices"][0]["message"]["content"] == \
         references[PROMPTS[3]].text
+
+
+def test_an_http_1_0_client_reads_a_plain_stream_to_the_close(server, references):
+    data = json.dumps(body(PROMPTS[1], stream=True)).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.0\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data))
+        answer = b"".join(iter(lambda: sock.recv(65536), b""))
+    head, _, stream = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"Transfer-Encoding" not in head
+    events = [e.removeprefix(b"data: ") for e in stream.split(b"\n\n") if e]
+    assert events[-1] == b"[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == references[PROMPTS[1]].text
 
 
 def test_a_stop_string_across_tokens_is_cut_alike_streamed_or_not(client, references, ivtp_engines):
@@ -314,3 +330,25 @@ def test_after_every_refusal_the_server_still_answers(client, references, loop):
     r = client.chat.completions.create(model=MODEL, messages=messages(PROMPTS[1]), max_tokens=MAX_TOKENS)
     assert r.choices[0].message.content == references[PROMPTS[1]].text
     assert loop.stats()["failed"] >= 3  # the over-long prompts, refused by the engine
+
+
+SERVE_WITHOUT_TORCH = """
+import sys, urllib.request
+for name in ("torch", "transformers"):
+    sys.modules[name] = None  # importing either now raises ImportError
+from runtime.load import open_engine_dir
+from serving.engine_loop import EngineLoop
+from serving.openai_server import OpenAIServer
+loop = EngineLoop(open_engine_dir(sys.argv[1], "cpu"), max_batch=1).start()
+with OpenAIServer(loop, sys.argv[2], port=0) as server:
+    request = urllib.request.Request(server.url + "/chat/completions", data=sys.stdin.buffer.read())
+    print(urllib.request.urlopen(request).read().decode())
+loop.stop()
+"""
+
+
+def test_the_server_runs_without_torch(ivtp_dir, references):
+    done = subprocess.run([sys.executable, "-c", SERVE_WITHOUT_TORCH, str(ivtp_dir), MODEL], cwd=ROOT,
+                          input=json.dumps(body(PROMPTS[3])).encode(), capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+    assert json.loads(done.stdout)["choices"][0]["message"]["content"] == references[PROMPTS[3]].text
