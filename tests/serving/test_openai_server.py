@@ -315,10 +315,16 @@ def test_a_full_loop_refuses_with_429_and_a_client_that_leaves_frees_its_row(ivt
         loop.stop()
 
 
-def test_a_client_that_disconnects_mid_stream_is_cancelled(server, loop, client, references):
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_that_disconnects_mid_request_is_cancelled(server, loop, client, references, stream):
     before = loop.stats()
-    conn, resp = open_stream(server.port, body(LONG, max_tokens=2000))
-    assert json.loads(next_event(resp))["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    if stream:  # noticed when a write fails
+        conn, resp = open_stream(server.port, body(LONG, max_tokens=2000))
+        assert json.loads(next_event(resp))["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    else:  # noticed by the handler watching its idle socket while the engine works
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        conn.request("POST", "/v1/chat/completions", json.dumps(body(LONG, max_tokens=2000)).encode())
+        wait_for(lambda: loop.stats()["running"] == 1)
     conn.close()
     wait_for(lambda: loop.stats()["cancelled"] == before["cancelled"] + 1 and loop.stats()["running"] == 0)
     assert loop.stats()["completed"] == before["completed"]
