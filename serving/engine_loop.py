@@ -63,7 +63,7 @@ class EngineLoop:
         self._stopping = False
         self._outstanding = 0  # submitted, not yet ended
         self.running = 0
-        self.completed = self.failed = self.refused = 0
+        self.completed = self.failed = self.refused = self.cancelled = 0
         self._thread = threading.Thread(target=self._loop, name="prunevlm-engine-loop", daemon=True)
 
     # ------------------------------------------------------------------ any thread
@@ -105,8 +105,8 @@ class EngineLoop:
     def stats(self) -> dict:
         with self._cv:
             return {"running": self.running, "queued": len(self._inbox) + self._waiting, "completed": self.completed,
-                    "failed": self.failed, "refused": self.refused, "max_batch": self.max_batch,
-                    "max_queue": self.max_queue, "batching": self.batching}
+                    "failed": self.failed, "refused": self.refused, "cancelled": self.cancelled,
+                    "max_batch": self.max_batch, "max_queue": self.max_queue, "batching": self.batching}
 
     def stop(self, timeout: float = 10.0):
         """Refuses new requests, fails the ones not yet finished with Unavailable, and joins the thread."""
@@ -219,7 +219,9 @@ class EngineLoop:
             self._outstanding -= 1
             if error is None:
                 self.completed += 1
-            elif not isinstance(error, Cancelled):
+            elif isinstance(error, Cancelled):
+                self.cancelled += 1
+            else:
                 self.failed += 1
         if job.on_done is not None:
             job.on_done(result, error)
