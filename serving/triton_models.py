@@ -19,8 +19,8 @@ from pathlib import Path
 
 from runtime.sampling import GREEDY
 from serving.engine_loop import EngineLoop
+from serving.stream_text import StreamText
 from serving.stub_env import with_libpython
-from serving.text_deltas import TextDeltas
 from serving.triton_io import INPUTS, OUTPUTS, final_outputs, request_from_inputs, token_outputs
 
 
@@ -79,13 +79,13 @@ def _streamed(loop: EngineLoop):
         (inputs,) = requests  # unbatched: one request per call
         request, events = request_from_inputs(dict(inputs.items())), _Events()
         job = events.submit(loop, request, stream=True)
-        deltas, tokens, finished = TextDeltas((request.sampling or GREEDY).stop), [], False
+        deltas, tokens, finished = StreamText((request.sampling or GREEDY).stop), [], False
         try:
             while True:
                 kind, a, b = await events.queue.get()
                 if kind == "token":
                     tokens.append(a)
-                    if piece := deltas.push(b):
+                    if piece := deltas.update(b):
                         yield [token_outputs(tokens, piece)]
                         tokens = []
                     continue
