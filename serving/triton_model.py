@@ -30,8 +30,9 @@ class TritonPythonModel:
             sender = request.get_response_sender()
             try:
                 inputs = {s.name: _input(request, s.name) for s in INPUTS}
-                stream = Stream(sender)
-                self.loop.submit(request_from_inputs(inputs), stream.on_token, stream.on_done)
+                job = request_from_inputs(inputs)
+                stream = Stream(sender, job.sampling.stop if job.sampling else ())
+                self.loop.submit(job, stream.on_token, stream.on_done)
             except Exception as e:  # a bad request fails alone, at once; the model keeps serving
                 sender.send(error_response(e), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         return None  # decoupled: every response goes through the senders
@@ -42,12 +43,17 @@ class TritonPythonModel:
 
 class Stream:
     """One request's responses, sent from the engine loop's thread: each token's id and the text it added, then
-    what is left (text cut at a stop string, tokens not yet sent) with the finish reason and details."""
+    what is left (text cut at a stop string, tokens not yet sent) with the finish reason and details. Text that may
+    still change is held back: a character whose bytes have not all come (U+FFFD until they do), and an ending
+    that may begin a stop string (cut off if it completes)."""
 
-    def __init__(self, sender):
-        self.sender, self.text, self.tokens = sender, "", 0
+    def __init__(self, sender, stops=()):
+        self.sender, self.stops, self.text, self.tokens = sender, tuple(stops), "", 0
 
     def on_token(self, token: int, text: str):
+        text = text.rstrip("\ufffd")
+        text = text[:len(text) - max((k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])),
+                                     default=0)]
         piece = text[len(self.text):] if text.startswith(self.text) else ""
         self.text, self.tokens = self.text + piece, self.tokens + 1
         self.sender.send(outputs_response(token_outputs(token, piece)))
