@@ -237,9 +237,9 @@ def test_grpc_streams_batched_requests_as_the_generator_gives_them_alone(server,
 
 def test_a_bad_image_is_refused_with_our_message_and_the_server_keeps_serving(server, ivtp_dir):
     [[error]] = grpc_stream(server, [(BAD_IMAGE, "What is this?")])
-    assert error.status() == "StatusCode.INVALID_ARGUMENT" and "is not a readable image" in error.message()
+    assert error.message().startswith("the image input is not a readable image")  # a stream's errors carry no code:
     status, body = http_post(server, "/v2/models/prunevlm/generate_stream", {"image": "not an image", "prompt": "Hi"})
-    assert status == 400 and "the image input is not a readable image" in body
+    assert status == 400 and "the image input is not a readable image" in body  # INVALID_ARG is HTTP's 400
     image = (IMAGES / "chelsea.jpg").read_bytes()
     [stream] = grpc_stream(server, [(image, PROMPTS[0])])
     assert joined(stream)["tokens"] == alone(ivtp_dir, image, PROMPTS[0]).token_ids
