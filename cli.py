@@ -45,6 +45,7 @@ def parser(with_knobs: bool = True) -> argparse.ArgumentParser:
     add_build(sub)
     add_train_atp(sub)
     add_calibrate(sub)
+    add_triton_repo(sub)
     sub.add_parser("methods", help="list the pruning methods, their knobs and defaults").set_defaults(func=cmd_methods)
     return p
 
@@ -432,6 +433,39 @@ def cmd_calibrate(args) -> int:
                                          algorithm=args.algorithm, block_size=args.block_size,
                                          int4_format=args.int4_format, report=not args.no_report))
     print(json.dumps(report) if args.json else format_report(report))
+    return 0
+
+
+def add_triton_repo(sub):
+    t = sub.add_parser("triton-repo", help="write a Triton model repository: an engine model per graph plus the "
+                       "streaming Python model (clusters), or that Python model alone (a Python-backend-only server)")
+    t.add_argument("engine_dir", type=Path)
+    t.add_argument("--out", required=True, type=Path, help="model repository to write")
+    t.add_argument("--variant", default="engines", choices=["engines", "in-process"],
+                   help="engines: Triton's ONNX Runtime/TensorRT backends run the graphs, called through BLS; "
+                   "in-process: the Python model runs them with ONNX Runtime itself")
+    t.add_argument("--model-name", default="prunevlm", help="the Python model's name (and the engine models' prefix)")
+    t.add_argument("--instances", type=int, default=1, help="instances of each engine model (in-process: of the "
+                   "Python model)")
+    t.add_argument("--max-batch", type=int, default=8, help="requests decoding together (in-flight batching)")
+    t.add_argument("--max-queue", type=int, default=32, help="requests waiting beyond those; more are refused")
+    t.add_argument("--max-new-tokens", type=int, default=32, help="limit of a request that sends no max_tokens")
+    t.add_argument("--provider", default="cpu", choices=["cpu", "cuda"], help="in-process: ONNX Runtime's provider")
+    t.add_argument("--force", action="store_true", help="replace --out if it exists")
+    t.set_defaults(func=cmd_triton_repo)
+
+
+def cmd_triton_repo(args) -> int:
+    from serving.triton_repo import IN_PROCESS_PACKAGES, RepoConfig, repo_summary, write
+    repo = write(RepoConfig(args.engine_dir, args.out, args.variant, args.model_name, args.instances, args.max_batch,
+                            args.max_queue, args.max_new_tokens, args.provider, args.force))
+    models = repo_summary(repo)
+    print(f"wrote {repo}: {len(models)} models, {sum(n for _, n in models) / 2**20:.1f} MiB")
+    for name, size in models:
+        print(f"  {name:32s} {size / 2**20:9.1f} MiB")
+    needs = "numpy<2" + (", " + ", ".join(IN_PROCESS_PACKAGES) if args.variant == "in-process" else "")
+    print(f"run it: tritonserver --model-repository {repo}   (the Python model's env needs {needs}; "
+          f"stream with gRPC or POST /v2/models/{args.model_name}/generate_stream)")
     return 0
 
 

@@ -5,7 +5,9 @@
   and pyzmq (what PyTriton's proxy imports there), and the server process keeps numpy 2.
 - libpython: the stub links libpython3.X.so with no rpath. Unless LD_LIBRARY_PATH names this interpreter's
   LIBDIR, it may find the system's, of another patch level, and the model fails to load."""
+import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,45 +19,62 @@ from runtime.errors import PruneDeployError
 
 STUB_PACKAGES = ("numpy>=1.21,<2", "pyzmq>=23")
 CHECK = "import numpy, zmq, sys; sys.exit(0 if int(numpy.__version__.split('.')[0]) < 2 else 3)"
+# Extra distributions (a model that runs the engines inside the stub needs onnxruntime, tokenizers, pillow) are
+# checked by their installed metadata: import names differ from distribution names (pillow -> PIL).
+CHECK_EXTRA = "import importlib.metadata as m, sys; [m.version(d) for d in sys.argv[1:]]"
 
 
 class ServeError(PruneDeployError):
     """The server cannot start as configured (ports, stub env, libpython, engines)."""
 
 
-def default_stub_env() -> Path:
+def default_stub_env(extra: tuple[str, ...] = ()) -> Path:
+    """One cached env per package set: extras get a dir of their own, named by a hash of their requirements."""
     root = Path(os.environ.get("PRUNEVLM_CACHE") or Path.home() / ".cache" / "prunevlm")
-    return root / f"triton-stub-env-py{sys.version_info.major}.{sys.version_info.minor}"
+    name = f"triton-stub-env-py{sys.version_info.major}.{sys.version_info.minor}"
+    if extra:
+        name += "-" + hashlib.sha256("\n".join(sorted(extra)).encode()).hexdigest()[:10]
+    return root / name
 
 
-def stub_env_ok(path: Path) -> bool:
+def _distribution(requirement: str) -> str:
+    return re.split(r"[\s<>=!~;\[]", requirement.strip(), maxsplit=1)[0]
+
+
+def stub_env_ok(path: Path, extra: tuple[str, ...] = ()) -> bool:
     python = path / "bin" / "python3"
-    return python.exists() and subprocess.run([str(python), "-c", CHECK], capture_output=True).returncode == 0
+    if not python.exists() or subprocess.run([str(python), "-c", CHECK], capture_output=True).returncode != 0:
+        return False
+    return not extra or subprocess.run([str(python), "-c", CHECK_EXTRA, *map(_distribution, extra)],
+                                       capture_output=True).returncode == 0
 
 
-def ensure_stub_env(path: Path | None = None, progress=print) -> Path:
-    """An env with numpy<2 and pyzmq for the stub: `path` as given (checked), or the cached default, made on first
-    use (a venv of this interpreter plus a pip install, written beside it and renamed, so a failed attempt leaves
-    nothing half-made)."""
+def ensure_stub_env(path: Path | None = None, progress=print, extra: tuple[str, ...] = ()) -> Path:
+    """An env with numpy<2 and pyzmq for the stub (plus the `extra` requirements, e.g. onnxruntime for a model
+    that runs the engines in the stub): `path` as given (checked), or the cached default for that package set,
+    made on first use (a venv of this interpreter plus a pip install, written beside it and renamed, so a failed
+    attempt leaves nothing half-made)."""
+    extra = tuple(extra)
+    packages = (*STUB_PACKAGES, *extra)
     if path is not None:
         path = Path(path).resolve()
-        if not stub_env_ok(path):
+        if not stub_env_ok(path, extra):
             raise ServeError(f"--stub-env {path} is not a Python {sys.version_info.major}.{sys.version_info.minor} "
-                             f"env with {' and '.join(STUB_PACKAGES)}: {_how_to_make(path)}")
+                             f"env with {' and '.join(packages)}: {_how_to_make(path, packages)}")
         return path
-    path = default_stub_env()
-    if stub_env_ok(path):
+    path = default_stub_env(extra)
+    if stub_env_ok(path, extra):
         return path
-    progress(f"making the Triton stub env once, in {path} (numpy<2 and pyzmq; PyTriton's stub needs numpy 1.x)")
+    progress(f"making the Triton stub env once, in {path} ({', '.join(packages)}; PyTriton's stub needs numpy 1.x)")
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         venv.create(tmp, with_pip=True)
-        pip = subprocess.run([str(tmp / "bin" / "python3"), "-m", "pip", "install", "-q", *STUB_PACKAGES],
+        pip = subprocess.run([str(tmp / "bin" / "python3"), "-m", "pip", "install", "-q", *packages],
                              capture_output=True, text=True)
-        if pip.returncode != 0 or not stub_env_ok(tmp):
+        if pip.returncode != 0 or not stub_env_ok(tmp, extra):
             last = (pip.stderr or pip.stdout).strip().splitlines()[-1:] or ["the check failed"]
-            raise ServeError(f"could not make the Triton stub env ({last[0]}): {_how_to_make(path)}")
+            raise ServeError(f"could not make the Triton stub env ({last[0]}): {_how_to_make(path, packages)}")
         shutil.rmtree(path, ignore_errors=True)
         os.replace(tmp, path)
     finally:
@@ -63,9 +82,9 @@ def ensure_stub_env(path: Path | None = None, progress=print) -> Path:
     return path
 
 
-def _how_to_make(path: Path) -> str:
+def _how_to_make(path: Path, packages: tuple[str, ...] = STUB_PACKAGES) -> str:
     return (f"make one with `{sys.executable} -m venv {path} && {path}/bin/pip install "
-            f"{' '.join(repr(p) for p in STUB_PACKAGES)}` and pass --stub-env {path}")
+            f"{' '.join(repr(p) for p in packages)}` and pass --stub-env {path}")
 
 
 def libpython_dir() -> str:

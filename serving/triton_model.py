@@ -1,0 +1,83 @@
+"""The Python-backend model of a prunevlm Triton repository (copied there as `<model>/1/model.py`): decoupled, one
+EngineLoop per instance doing in-flight batching, one response per token and a last one with the finish reason and
+details (serving/triton_io.py's tensors). Its parameters come from config.pbtxt (serving/triton_config.py)."""
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # the runtime's packages are copied beside this file: the repository is self-contained
+
+import triton_python_backend_utils as pb_utils  # noqa: E402  (Triton's stub provides it)
+
+from runtime.errors import InputError  # noqa: E402
+from serving.engine_loop import EngineLoop, Overloaded, Unavailable  # noqa: E402
+from serving.triton_engines import open_generator  # noqa: E402
+from serving.triton_io import INPUTS, final_outputs, request_from_inputs, token_outputs  # noqa: E402
+
+ENGINE_DIR = "engine"  # beside this file: the manifest and tokenizers (and, in-process, the graphs)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        p = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        generator = open_generator(p["variant"], HERE / ENGINE_DIR, p["engine_prefix"], p["provider"], pb_utils)
+        self.loop = EngineLoop(generator, int(p["max_batch"]), int(p["max_queue"]), int(p["max_new_tokens"])).start()
+
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            try:
+                inputs = {s.name: _input(request, s.name) for s in INPUTS}
+                job = request_from_inputs(inputs)
+                stream = Stream(sender, job.sampling.stop if job.sampling else ())
+                self.loop.submit(job, stream.on_token, stream.on_done)
+            except Exception as e:  # a bad request fails alone, at once; the model keeps serving
+                sender.send(error_response(e), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None  # decoupled: every response goes through the senders
+
+    def finalize(self):
+        self.loop.stop()
+
+
+class Stream:
+    """One request's responses, sent from the engine loop's thread: each token's id and the text it added, then
+    what is left (text cut at a stop string, tokens not yet sent) with the finish reason and details. Text that may
+    still change is held back: a character whose bytes have not all come (U+FFFD until they do), and an ending
+    that may begin a stop string (cut off if it completes)."""
+
+    def __init__(self, sender, stops=()):
+        self.sender, self.stops, self.text, self.tokens = sender, tuple(stops), "", 0
+
+    def on_token(self, token: int, text: str):
+        text = text.rstrip("\ufffd")
+        text = text[:len(text) - max((k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])),
+                                     default=0)]
+        piece = text[len(self.text):] if text.startswith(self.text) else ""
+        self.text, self.tokens = self.text + piece, self.tokens + 1
+        self.sender.send(outputs_response(token_outputs(token, piece)))
+
+    def on_done(self, result, error):
+        if error is not None:
+            response = error_response(error)
+        else:
+            rest = result.text[len(self.text):] if result.text.startswith(self.text) else ""
+            response = outputs_response(final_outputs(result, rest, result.token_ids[self.tokens:]))
+        self.sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+
+def _input(request, name: str):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else tensor.as_numpy()
+
+
+def outputs_response(outputs: dict):
+    return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in outputs.items()])
+
+
+def error_response(error: Exception):
+    code = (pb_utils.TritonError.INVALID_ARG if isinstance(error, InputError) else
+            pb_utils.TritonError.UNAVAILABLE if isinstance(error, (Overloaded, Unavailable)) else
+            pb_utils.TritonError.INTERNAL)
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), code))
