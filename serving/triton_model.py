@@ -12,6 +12,7 @@ import triton_python_backend_utils as pb_utils  # noqa: E402  (Triton's stub pro
 
 from runtime.errors import InputError  # noqa: E402
 from serving.engine_loop import EngineLoop, Overloaded, Unavailable  # noqa: E402
+from serving.stream_text import StreamText  # noqa: E402
 from serving.triton_engines import open_generator  # noqa: E402
 from serving.triton_io import INPUTS, final_outputs, request_from_inputs, token_outputs  # noqa: E402
 
@@ -42,27 +43,22 @@ class TritonPythonModel:
 
 
 class Stream:
-    """One request's responses, sent from the engine loop's thread: each token's id and the text it added, then
-    what is left (text cut at a stop string, tokens not yet sent) with the finish reason and details. Text that may
-    still change is held back: a character whose bytes have not all come (U+FFFD until they do), and an ending
-    that may begin a stop string (cut off if it completes)."""
+    """One request's responses, sent from the engine loop's thread: each token's id and the text it added (held
+    back while it may still change: serving/stream_text.py), then what is left (text cut at a stop string, tokens
+    not yet sent) with the finish reason and details."""
 
     def __init__(self, sender, stops=()):
-        self.sender, self.stops, self.text, self.tokens = sender, tuple(stops), "", 0
+        self.sender, self.text, self.tokens = sender, StreamText(stops), 0
 
     def on_token(self, token: int, text: str):
-        text = text.rstrip("\ufffd")
-        text = text[:len(text) - max((k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])),
-                                     default=0)]
-        piece = text[len(self.text):] if text.startswith(self.text) else ""
-        self.text, self.tokens = self.text + piece, self.tokens + 1
-        self.sender.send(outputs_response(token_outputs(token, piece)))
+        self.tokens += 1
+        self.sender.send(outputs_response(token_outputs(token, self.text.update(text))))
 
     def on_done(self, result, error):
         if error is not None:
             response = error_response(error)
         else:
-            rest = result.text[len(self.text):] if result.text.startswith(self.text) else ""
+            rest = self.text.finish(result.text)
             response = outputs_response(final_outputs(result, rest, result.token_ids[self.tokens:]))
         self.sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 

@@ -84,7 +84,7 @@ def test_the_repo_holds_every_file_at_its_size_and_the_runtime_beside_model_py(e
         assert (python / "engine" / rel).read_bytes() == (ivtp_dir / rel).read_bytes()
     assert not list((python / "engine").glob("*.onnx*"))  # the graphs are the engine models'
     assert (python / "runtime" / "generator.py").is_file() and (python / "engines" / "onnxruntime_runner.py").is_file()
-    assert sorted(p.name for p in (python / "serving").iterdir()) == ["__init__.py", "engine_loop.py",
+    assert sorted(p.name for p in (python / "serving").iterdir()) == ["__init__.py", "engine_loop.py", "stream_text.py",
                                                                        "triton_engines.py", "triton_io.py"]
 
 
