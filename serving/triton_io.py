@@ -1,12 +1,15 @@
 """The tensors of the Triton models, the same for `cli.py serve` (PyTriton) and the model repository's Python
 model: what a KServe v2 client sends and gets back, and their mapping to the runtime's Request and Result.
 
-Inputs, one request each (a batch of one row): `image` (the encoded file's bytes, JPEG/PNG/...), `prompt` (UTF-8),
+Inputs, one request each (a batch of one row): `image` (the encoded file's bytes, JPEG/PNG/..., or a
+`data:image/...;base64,` URL for clients whose JSON cannot carry bytes, such as HTTP `generate_stream`), `prompt` (UTF-8),
 and optionally `max_tokens`, `temperature`, `top_p`, `top_k`, `seed` and `stop` (any number of strings).
 Outputs: `text`, `token_ids`, `finish_reason` ("" until the last response of a stream) and `details` (JSON: kept
 indices per stage, visual and relevant tokens, timings, as `cli.py run --json` gives them). A streaming model
 sends one response per token, whose `text` and `token_ids` are that token's part, then the last one with the
 finish reason and details."""
+import base64
+import binascii
 import json
 from dataclasses import dataclass
 
@@ -53,7 +56,7 @@ def request_from_inputs(inputs: dict) -> Request:
     for spec in INPUTS:
         if spec.name not in arrays and not spec.optional:
             raise InputError(f"input {spec.name!r} is missing; send {', '.join(s.name for s in INPUTS[:2])}")
-    image = load_image_bytes(_one_bytes(arrays["image"], "image"), "the image input")
+    image = load_image_bytes(_image_bytes(_one_bytes(arrays["image"], "image")), "the image input")
     try:
         prompt = _one_bytes(arrays["prompt"], "prompt").decode("utf-8").strip()
     except UnicodeDecodeError as e:
@@ -78,6 +81,19 @@ def final_outputs(result: Result, text: str | None = None, tokens: list[int] | N
     return {"text": _bytes(result.text if text is None else text),
             "token_ids": np.array(result.token_ids if tokens is None else tokens, np.int64),
             "finish_reason": _bytes(result.finish_reason), "details": _bytes(json.dumps(details))}
+
+
+def _image_bytes(raw: bytes) -> bytes:
+    """The encoded image: the bytes as sent, or a data: URL's payload."""
+    if not raw.startswith(b"data:"):
+        return raw
+    header, sep, payload = raw.partition(b",")
+    if not sep or not header.startswith(b"data:image/") or not header.endswith(b";base64"):
+        raise InputError(f"the image input {header[:60]!r}... is not a data:image/<type>;base64, URL")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise InputError(f"the image input's base64 data is malformed ({e})") from None
 
 
 def _one(array: np.ndarray, name: str) -> np.ndarray:

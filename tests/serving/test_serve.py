@@ -195,6 +195,8 @@ def test_bad_triton_input_is_answered_with_our_message_and_the_server_goes_on(se
     try:
         with pytest.raises(Exception, match="the image input is not a readable image"):
             client.infer(server["model"], triton_inputs(httpclient, image=b"not an image"))
+        with pytest.raises(Exception, match="the image input's base64 data is malformed"):
+            client.infer(server["model"], triton_inputs(httpclient, image=b"data:image/png;base64,@@"))
         with pytest.raises(Exception, match="temperature must be a finite number >= 0"):
             client.infer(server["model"], triton_inputs(httpclient, temperature=-1.0))
         with pytest.raises(Exception, match="unexpected inference input 'bogus'") as e:  # Triton's own check

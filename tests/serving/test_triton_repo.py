@@ -1,6 +1,7 @@
 """`cli.py triton-repo`: the repository's configs against Triton's schema and the manifest, its files, the BLS
 orchestration run with a stand-in for pb_utils, and the in-process variant served by PyTriton's bundled tritonserver,
 each giving the tokens and kept indices that Generator.generate gives alone."""
+import base64
 import importlib.util
 import json
 import queue
@@ -245,14 +246,6 @@ def test_a_bad_image_is_refused_with_our_message_and_the_server_keeps_serving(se
     assert joined(stream)["tokens"] == alone(ivtp_dir, image, PROMPTS[0]).token_ids
 
 
-def plain_ppm(path: Path, size=(48, 32)) -> str:
-    """The image as plain-text PPM (P3): a JSON string can carry only UTF-8, which JPEG bytes are not."""
-    from PIL import Image
-    with Image.open(path) as im:
-        pixels = np.asarray(im.convert("RGB").resize(size))
-    return f"P3\n{size[0]} {size[1]}\n255\n" + " ".join(map(str, pixels.reshape(-1))) + "\n"
-
-
 def http_post(s, route: str, body: dict) -> tuple[int, str]:
     req = urllib.request.Request(f"http://127.0.0.1:{s.http}{route}", json.dumps(body).encode(),
                                  {"Content-Type": "application/json"})
@@ -264,11 +257,12 @@ def http_post(s, route: str, body: dict) -> tuple[int, str]:
 
 
 def test_http_generate_stream_sends_server_sent_events_of_the_same_tokens(server, ivtp_dir):
-    image = plain_ppm(IMAGES / "chelsea.jpg")
-    status, body = http_post(server, "/v2/models/prunevlm/generate_stream", {"image": image, "prompt": PROMPTS[1]})
+    image = (IMAGES / "chelsea.jpg").read_bytes()  # JSON carries no bytes: the image goes as a data: URL
+    url = "data:image/jpeg;base64," + base64.b64encode(image).decode()
+    status, body = http_post(server, "/v2/models/prunevlm/generate_stream", {"image": url, "prompt": PROMPTS[1]})
     assert status == 200, body
     events = [json.loads(line[len("data: "):]) for line in body.splitlines() if line.startswith("data: ")]
-    want = alone(ivtp_dir, image.encode(), PROMPTS[1])
+    want = alone(ivtp_dir, image, PROMPTS[1])
     tokens = [t for e in events for t in (e["token_ids"] if isinstance(e["token_ids"], list) else [e["token_ids"]])]
     assert tokens == want.token_ids and "".join(e["text"] for e in events) == want.text
     assert events[-1]["finish_reason"] == want.finish_reason
