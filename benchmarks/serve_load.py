@@ -8,7 +8,7 @@ Prints requests/s, tokens/s, latency and time to first token (p50/p99), errors, 
 same greedy text for every request.
 
     python -m benchmarks.serve_load [ENGINE_DIR] [--requests 24] [--concurrency 1,4,8] [--max-batch 8]
-                                    [--write-benchmarks] [--json out.json]
+                                    [--write-benchmarks] [--json out.json] [--render out.json]
 
 Without ENGINE_DIR the tiny model's IVTP export (out/inflight-ivtp) is used, exported first if absent.
 """
@@ -215,7 +215,11 @@ def table(results: dict, args) -> list[str]:
             lines.append(f"| {mode} | {r['concurrency']} | {r['req_per_s']:.2f} | {r['tok_per_s']:.1f} | "
                          f"{r['latency_p50']:.0f} / {r['latency_p99']:.0f} | {r['ttft_p50']:.0f} / {r['ttft_p99']:.0f} "
                          f"| {r['errors']} |")
-    lines += ["", f"Greedy text identical in both modes for {results['same_text']} of {results['compared']} requests."]
+    lines += ["", f"Greedy text identical in both modes for {results['same_text']} of {results['compared']} requests.",
+              "", "In-flight batching admits a request at the next decode step, so its first token comes after its own "
+              "prefill; a static batch's requests wait for the batch before them. In-flight prefills each newcomer "
+              "alone, while a static batch prefills its requests together, which costs less per request where "
+              "prefill dominates a request's time."]
     m = results["inflight"].get("mixed")
     if m:
         lines += ["", f"With bad requests mixed in (in-flight, {max(args.concurrency)} clients): {m['good_ok']} of "
@@ -234,7 +238,10 @@ def main(argv=None) -> int:
     p.add_argument("--write-benchmarks", action="store_true", help=f"put the table into BENCHMARKS.md ({SECTION})")
     p.add_argument("--json", type=Path, help="also save the raw results")
     p.add_argument("--logs", type=Path, default=ROOT / "out" / "serve-load-logs")
+    p.add_argument("--render", type=Path, metavar="JSON", help="only print (or write) the table of saved results")
     args = p.parse_args(argv)
+    if args.render:
+        return publish_section(SECTION, table(json.loads(args.render.read_text()), args), args.write_benchmarks)
     engine_dir = args.engine_dir or default_dir()
     args.logs.mkdir(parents=True, exist_ok=True)
     items = workload(args.requests)

@@ -45,3 +45,19 @@ def extension(result: Result) -> dict:
 def error(status: int, message: str) -> dict:
     kind = ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     return {"error": {"message": message, "type": kind, "param": None, "code": status}}
+
+
+def metrics(stats: dict, model: str) -> str:
+    """The engine loop's counts in Prometheus' text format: every front end's requests, which Triton's own metrics
+    (its models only) do not see."""
+    label = f'model="{model}"'
+    lines = ["# HELP prunevlm_requests_total Requests that ended, by outcome (refused: the queue was full).",
+             "# TYPE prunevlm_requests_total counter"]
+    lines += [f'prunevlm_requests_total{{{label},outcome="{k}"}} {stats[k]}'
+              for k in ("completed", "failed", "cancelled", "refused")]
+    for name, key, what in (("running", "running", "Requests in the running batch."),
+                            ("queued", "queued", "Requests waiting for a row."),
+                            ("max_batch", "max_batch", "Rows of the running batch.")):
+        lines += [f"# HELP prunevlm_{name} {what}", f"# TYPE prunevlm_{name} gauge",
+                  f"prunevlm_{name}{{{label}}} {stats[key]}"]
+    return "\n".join(lines) + "\n"

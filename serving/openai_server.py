@@ -1,5 +1,6 @@
 """An OpenAI-compatible HTTP endpoint over an EngineLoop, on the standard library alone (no torch, no web framework):
-POST /v1/chat/completions (whole or streamed as server-sent events), GET /v1/models[/{id}] and GET /health.
+POST /v1/chat/completions (whole or streamed as server-sent events), GET /v1/models[/{id}], GET /health and GET /metrics
+(the engine loop's counts, in Prometheus' format).
 
 Each connection gets a thread (ThreadingHTTPServer). A request's thread parses the body, submits it to the loop and
 waits on a queue.Queue that the loop's callbacks only put into, so a slow client never holds up the engine's thread.
@@ -137,6 +138,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._model, "GET"
         if path == "/health":
             return self._health, "GET"
+        if path == "/metrics":
+            return self._metrics, "GET"
         return None, None
 
     def _dispatch(self, method: str):
@@ -146,7 +149,7 @@ class _Handler(BaseHTTPRequestHandler):
             handler, allowed = self._route(path)
             if handler is None:
                 raise HttpError(404, f"there is no {path} here; this server answers POST /v1/chat/completions, "
-                                     "GET /v1/models and GET /health")
+                                     "GET /v1/models, GET /health and GET /metrics")
             if method != allowed:
                 raise HttpError(405, f"{path} takes {allowed}, not {method}", {"Allow": allowed})
             handler(path)
@@ -175,6 +178,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _health(self, path: str):
         self._json(200, {"status": "ok", "model": self.app.model_name, "loop": self.app.loop.stats()})
+
+    def _metrics(self, path: str):
+        data = shape.metrics(self.app.loop.stats(), self.app.model_name).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(data)))
+        self._end_headers()
+        self._write(data)
 
     def _chat(self, path: str):
         body = self._body()

@@ -48,9 +48,9 @@ class Server:
         if cfg.batching == "inflight" and cfg.provider != "cpu":
             raise ServeError(f"in-flight batching keeps KV caches in host memory, which --provider {cfg.provider} "
                              "does not: serve with --provider cpu, or --batching static")
-        stub_env = ensure_stub_env(cfg.stub_env, self.progress) if cfg.triton else None
         self.progress(f"loading {cfg.engine_dir} ({cfg.provider})")
         generator = open_engine_dir(cfg.engine_dir, cfg.provider)
+        stub_env = ensure_stub_env(cfg.stub_env, self.progress) if cfg.triton else None
         self.model_name = cfg.model_name or f"prunevlm-{generator.m.method}"
         self.loop = EngineLoop(generator, cfg.max_batch, cfg.max_queue, cfg.max_new_tokens, cfg.batching).start()
         try:

@@ -211,12 +211,17 @@ def test_bad_triton_input_is_answered_with_our_message_and_the_server_goes_on(se
         stream(server, triton_inputs(grpcclient, prompt="   "))
 
 
-def test_metrics_count_the_requests_each_model_served(server):
+def test_metrics_count_the_requests_of_each_model_and_of_every_front_end(server):
     import urllib.request
     text = urllib.request.urlopen(f"http://127.0.0.1:{server['metrics']}/metrics", timeout=10).read().decode()
     counts = {line.split("{")[1].split(",")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
               if line.startswith("nv_inference_request_success{")}
     assert counts[f'model="{server["model"]}"'] >= 1 and counts[f'model="{server["model"]}_stream"'] >= 1
+    ours = urllib.request.urlopen(f"http://127.0.0.1:{server['api']}/metrics", timeout=10).read().decode()
+    totals = {line.split('outcome="')[1].split('"')[0]: int(line.rsplit(" ", 1)[1]) for line in ours.splitlines()
+              if line.startswith(f'prunevlm_requests_total{{model="{server["model"]}",')}
+    assert totals["completed"] >= 9 and totals["refused"] == 0  # every front end's requests, counted once each
+    assert f'prunevlm_max_batch{{model="{server["model"]}"}} 4' in ours.splitlines()
 
 
 def test_serve_refuses_a_taken_port_before_loading_anything(capsys, ivtp_dir):
