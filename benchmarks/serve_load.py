@@ -16,7 +16,6 @@ import argparse
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +29,7 @@ import numpy as np
 
 from benchmarks.inflight_cpu import IMAGES, PROMPTS, default_dir
 from benchmarks.scale_check import cpu_name, publish_section
+from serving.server import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = "## Serving on loopback (CPU)"
@@ -64,16 +64,6 @@ def bad_bodies(model: str, url: str) -> list[tuple[str, bytes]]:
             ("over-long prompt", chat(messages=[{"role": "user", "content": [
                 {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "word " * 5000}]}])),
             ("wrong model", chat(model="nope"))]
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 class ServerProcess:

@@ -98,6 +98,17 @@ class Server:
             self.stop()
 
 
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """n distinct ports free on host now (for tests and benchmarks that start servers side by side)."""
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind((host, 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
 def check_ports(cfg: ServeConfig):
     """Every port free before anything starts: a Triton that finds its port taken dies, and PyTriton's health
     checks would then reach whatever else listens there."""

@@ -3,11 +3,11 @@ stopped cleanly: SIGINT, then a wait; stubs that outlive it (they can ignore SIG
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
+from serving.server import free_ports
 from serving.stub_env import with_libpython
 
 
@@ -18,16 +18,6 @@ def bundled_tritonserver() -> Path | None:
         return None
     root = Path(pytriton.__file__).parent / "tritonserver"
     return root if (root / "bin" / "tritonserver").is_file() else None
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 class BundledTriton:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import cli
+from serving.server import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = ROOT / "assets" / "images" / "chelsea.jpg"
@@ -25,16 +26,6 @@ pytest.importorskip("pytriton", reason="serve needs nvidia-pytriton (pip install
 httpclient = pytest.importorskip("tritonclient.http")
 grpcclient = pytest.importorskip("tritonclient.grpc")
 openai = pytest.importorskip("openai")
-
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 @pytest.fixture(scope="module")
