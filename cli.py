@@ -180,7 +180,8 @@ def add_serve(sub):
                    help="inflight (default): requests join and leave the running batch at every decode step; "
                         "static: whole batches, the baseline")
     s.add_argument("--provider", choices=PROVIDERS, default="cpu",
-                   help="cpu (default); cuda and tensorrt keep KV on the GPU, so they serve with --batching static")
+                   help="cpu (default), cuda or tensorrt (ONNX Runtime's); in-flight batching keeps the KV caches "
+                   "in host memory, so on a GPU they travel each step (--batching static keeps them there)")
     s.add_argument("--model-name", help="the served model's name (default: prunevlm-<method>)")
     s.add_argument("--allow-local-images", type=Path, metavar="DIR",
                    help="let requests name image files inside DIR (nothing outside it); off by default")

@@ -45,11 +45,9 @@ class Server:
         from serving.openai_server import OpenAIServer
         cfg = self.cfg
         check_ports(cfg)
-        if cfg.batching == "inflight" and cfg.provider != "cpu":
-            raise ServeError(f"in-flight batching keeps KV caches in host memory, which --provider {cfg.provider} "
-                             "does not: serve with --provider cpu, or --batching static")
         self.progress(f"loading {cfg.engine_dir} ({cfg.provider})")
-        generator = open_engine_dir(cfg.engine_dir, cfg.provider)
+        # In-flight batching keeps the KV caches in host pools; on a GPU provider they then travel each step.
+        generator = open_engine_dir(cfg.engine_dir, cfg.provider, None if cfg.batching == "inflight" else "auto")
         stub_env = ensure_stub_env(cfg.stub_env, self.progress) if cfg.triton else None
         self.model_name = cfg.model_name or f"prunevlm-{generator.m.method}"
         self.loop = EngineLoop(generator, cfg.max_batch, cfg.max_queue, cfg.max_new_tokens, cfg.batching).start()

@@ -10,7 +10,7 @@ import numpy as np
 
 from runtime.errors import EngineDirError
 from runtime.generator import Generator
-from runtime.manifest import load_manifest, read_manifest
+from runtime.manifest import read_manifest
 
 VARIANTS = ("engines", "in-process")
 
@@ -44,9 +44,7 @@ def open_generator(variant: str, engine_dir, model_name: str, provider: str, pb_
                                                     [t.name for t in record.outputs])
                                     for name, record in manifest.graphs.items()})
     if variant == "in-process":
-        from engines.onnxruntime_runner import PROVIDERS
-        from runtime.runners import open_onnxruntime
-        manifest = load_manifest(engine_dir)
+        from runtime.load import open_engine_dir
         # In-flight batching keeps KV caches in host numpy pools: sessions hand them back as numpy on any provider.
-        return Generator(manifest, open_onnxruntime(manifest, PROVIDERS[provider], kv_device=None))
+        return open_engine_dir(engine_dir, provider, kv_device=None)
     raise EngineDirError(f"variant must be one of {VARIANTS}, got {variant!r}")
