@@ -11,6 +11,7 @@ sys.path.insert(0, str(HERE))  # the runtime's packages are copied beside this f
 import triton_python_backend_utils as pb_utils  # noqa: E402  (Triton's stub provides it)
 
 from runtime.errors import InputError  # noqa: E402
+from runtime.inflight import Cancelled  # noqa: E402
 from serving.engine_loop import EngineLoop, Overloaded, Unavailable  # noqa: E402
 from serving.stream_text import StreamText  # noqa: E402
 from serving.triton_engines import open_generator  # noqa: E402
@@ -33,7 +34,8 @@ class TritonPythonModel:
                 inputs = {s.name: _input(request, s.name) for s in INPUTS}
                 job = request_from_inputs(inputs)
                 stream = Stream(sender, job.sampling.stop if job.sampling else ())
-                self.loop.submit(job, stream.on_token, stream.on_done)
+                submitted = self.loop.submit(job, stream.on_token, stream.on_done)
+                stream.cancel = lambda submitted=submitted: self.loop.cancel(submitted)
             except Exception as e:  # a bad request fails alone, at once; the model keeps serving
                 sender.send(error_response(e), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         return None  # decoupled: every response goes through the senders
@@ -49,8 +51,13 @@ class Stream:
 
     def __init__(self, sender, stops=()):
         self.sender, self.text, self.tokens = sender, StreamText(stops), 0
+        self.cancel = None  # set once submitted: frees the request's row
 
     def on_token(self, token: int, text: str):
+        if self.sender.is_cancelled():  # the client went away: free its row for others (on_done ends the stream)
+            if self.cancel is not None:
+                self.cancel()
+            return
         self.tokens += 1
         self.sender.send(outputs_response(token_outputs(token, self.text.update(text))))
 
@@ -74,6 +81,7 @@ def outputs_response(outputs: dict):
 
 def error_response(error: Exception):
     code = (pb_utils.TritonError.INVALID_ARG if isinstance(error, InputError) else
+            pb_utils.TritonError.CANCELLED if isinstance(error, Cancelled) else
             pb_utils.TritonError.UNAVAILABLE if isinstance(error, (Overloaded, Unavailable)) else
             pb_utils.TritonError.INTERNAL)
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), code))

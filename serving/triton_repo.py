@@ -29,7 +29,8 @@ from serving.triton_engines import VARIANTS, engine_model_name
 
 SOURCE = Path(__file__).resolve().parent.parent
 PACKAGES = ("runtime", "engines")  # copied whole: the runtime and the runners it opens (their heavy imports are lazy)
-SERVING = ("__init__.py", "engine_loop.py", "stream_text.py", "triton_io.py", "triton_engines.py")  # what model.py imports, no more
+# what model.py imports of serving/, no more
+SERVING = ("__init__.py", "engine_loop.py", "stream_text.py", "triton_io.py", "triton_engines.py")
 ENGINE_DIR = "engine"  # serving/triton_model.py's name for it
 # What "in-process" runs in the stub, besides numpy<2: the runtime's own pins (pyproject.toml).
 IN_PROCESS_PACKAGES = ("onnxruntime==1.31.1", "tokenizers==0.23.3", "pillow==13.0.0")

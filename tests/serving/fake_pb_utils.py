@@ -77,8 +77,12 @@ def get_output_tensor_by_name(response: InferenceResponse, name: str):
 
 
 class Sender:
-    def __init__(self):
-        self.responses, self.done = [], threading.Event()
+    def __init__(self, cancel_after: int | None = None):
+        """cancel_after: the client goes away once this many responses were sent."""
+        self.responses, self.done, self.cancel_after = [], threading.Event(), cancel_after
+
+    def is_cancelled(self) -> bool:
+        return self.cancel_after is not None and len(self.responses) >= self.cancel_after
 
     def send(self, response=None, flags: int = 0):
         self.responses.append(response)
@@ -89,9 +93,9 @@ class Sender:
 class Request:
     """What Triton hands execute(): input tensors by name and a response sender."""
 
-    def __init__(self, **arrays):
+    def __init__(self, cancel_after: int | None = None, **arrays):
         self.tensors = {k: Tensor(k, v) for k, v in arrays.items()}
-        self.sender = Sender()
+        self.sender = Sender(cancel_after)
 
     def get_response_sender(self) -> Sender:
         return self.sender

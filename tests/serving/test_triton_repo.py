@@ -128,8 +128,9 @@ def test_an_existing_out_needs_force_and_a_failed_write_leaves_nothing(ivtp_dir,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]
 
 
-def run_fake_triton(repo: Path, monkeypatch, requests):
-    """model.py of `repo` in this process, pb_utils faked: initialize, execute the requests, wait, finalize."""
+def run_fake_triton(repo: Path, monkeypatch, requests) -> dict:
+    """model.py of `repo` in this process, pb_utils faked: initialize, execute the requests, wait, finalize; the
+    engine loop's stats at the end."""
     monkeypatch.setattr(fake_pb_utils, "REPO", repo)
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake_pb_utils)
     monkeypatch.setattr(sys, "path", list(sys.path))  # model.py puts its dir first
@@ -143,6 +144,7 @@ def run_fake_triton(repo: Path, monkeypatch, requests):
         assert model.execute(requests) is None
         for r in requests:
             assert r.sender.done.wait(120)
+        return model.loop.stats()
     finally:
         model.finalize()
 
@@ -175,6 +177,20 @@ def test_the_bls_model_streams_what_the_generator_gives_alone(engines_repo, ivtp
     # requests share where they run together (how many depends on when the second one joined).
     assert {"prunevlm_vision", "prunevlm_text_encoder", "prunevlm_prune_0", "prunevlm_lm_head"} <= set(fake_pb_utils.calls)
     assert 2 + NEW_TOKENS - 1 <= fake_pb_utils.calls.count("prunevlm_decoder_4") <= 2 * NEW_TOKENS
+
+
+def test_a_client_that_leaves_mid_stream_frees_its_row_and_the_others_go_on(engines_repo, ivtp_dir, monkeypatch):
+    image = (IMAGES / "chelsea.jpg").read_bytes()
+    obj = lambda value: np.array([value], dtype=np.object_)  # noqa: E731
+    leaving = fake_pb_utils.Request(cancel_after=1, image=obj(image), prompt=obj(PROMPTS[0].encode()))
+    staying = fake_pb_utils.Request(image=obj(image), prompt=obj(PROMPTS[1].encode()))
+    stats = run_fake_triton(engines_repo, monkeypatch, [leaving, staying])
+    assert stats["cancelled"] == 1 and stats["completed"] == 1
+    first, last = leaving.sender.responses
+    assert len(first.outputs()["token_ids"]) == 1  # one token went out, then the client was gone
+    assert last.has_error() and last.error().code() == fake_pb_utils.TritonError.CANCELLED
+    want = alone(ivtp_dir, image, PROMPTS[1])
+    assert streamed(staying.sender.responses)["tokens"] == want.token_ids
 
 
 # ---------------------------------------------------------------- the in-process variant, served for real
