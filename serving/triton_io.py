@@ -18,7 +18,8 @@ import numpy as np
 from runtime.errors import InputError
 from runtime.preprocess import load_image_bytes
 from runtime.request import Request, Result
-from runtime.sampling import SamplingParams
+from runtime.sampling import GREEDY, SamplingParams
+from serving.stream_text import StreamText
 
 
 @dataclass(frozen=True)
@@ -69,10 +70,20 @@ def request_from_inputs(inputs: dict) -> Request:
     return Request(image, prompt, SamplingParams(**knobs) if knobs else None)
 
 
-def token_outputs(tokens: int | list[int], piece: str) -> dict:
-    """One streamed response: the token(s) since the last one, and the text they added."""
-    return {"text": _bytes(piece), "token_ids": np.array(np.atleast_1d(tokens), np.int64), "finish_reason": _bytes(""),
-            "details": _bytes("")}
+class TokenStream:
+    """A streamed request's outputs: one response per token (its id, and the text it settled: serving/stream_text.py),
+    then the last one with what is left (text held back, tokens not yet sent), the finish reason and details."""
+
+    def __init__(self, request: Request):
+        self.text, self.sent = StreamText((request.sampling or GREEDY).stop), 0
+
+    def token(self, token: int, text_so_far: str) -> dict:
+        self.sent += 1
+        return {"text": _bytes(self.text.update(text_so_far)), "token_ids": np.array([token], np.int64),
+                "finish_reason": _bytes(""), "details": _bytes("")}
+
+    def last(self, result: Result) -> dict:
+        return final_outputs(result, self.text.finish(result.text), result.token_ids[self.sent:])
 
 
 def final_outputs(result: Result, text: str | None = None, tokens: list[int] | None = None) -> dict:

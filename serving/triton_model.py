@@ -13,9 +13,8 @@ import triton_python_backend_utils as pb_utils  # noqa: E402  (Triton's stub pro
 from runtime.errors import InputError  # noqa: E402
 from runtime.inflight import Cancelled  # noqa: E402
 from serving.engine_loop import EngineLoop, Overloaded, Unavailable  # noqa: E402
-from serving.stream_text import StreamText  # noqa: E402
 from serving.triton_engines import open_generator  # noqa: E402
-from serving.triton_io import INPUTS, final_outputs, request_from_inputs, token_outputs  # noqa: E402
+from serving.triton_io import INPUTS, TokenStream, request_from_inputs  # noqa: E402
 
 ENGINE_DIR = "engine"  # beside this file: the manifest and tokenizers (and, in-process, the graphs)
 
@@ -33,7 +32,7 @@ class TritonPythonModel:
             try:
                 inputs = {s.name: _input(request, s.name) for s in INPUTS}
                 job = request_from_inputs(inputs)
-                stream = Stream(sender, job.sampling.stop if job.sampling else ())
+                stream = Stream(sender, job)
                 submitted = self.loop.submit(job, stream.on_token, stream.on_done)
                 stream.cancel = lambda submitted=submitted: self.loop.cancel(submitted)
             except Exception as e:  # a bad request fails alone, at once; the model keeps serving
@@ -45,12 +44,10 @@ class TritonPythonModel:
 
 
 class Stream:
-    """One request's responses, sent from the engine loop's thread: each token's id and the text it added (held
-    back while it may still change: serving/stream_text.py), then what is left (text cut at a stop string, tokens
-    not yet sent) with the finish reason and details."""
+    """One request's responses (serving/triton_io.py's TokenStream), sent from the engine loop's thread."""
 
-    def __init__(self, sender, stops=()):
-        self.sender, self.text, self.tokens = sender, StreamText(stops), 0
+    def __init__(self, sender, request):
+        self.sender, self.responses = sender, TokenStream(request)
         self.cancel = None  # set once submitted: frees the request's row
 
     def on_token(self, token: int, text: str):
@@ -58,15 +55,10 @@ class Stream:
             if self.cancel is not None:
                 self.cancel()
             return
-        self.tokens += 1
-        self.sender.send(outputs_response(token_outputs(token, self.text.update(text))))
+        self.sender.send(outputs_response(self.responses.token(token, text)))
 
     def on_done(self, result, error):
-        if error is not None:
-            response = error_response(error)
-        else:
-            rest = self.text.finish(result.text)
-            response = outputs_response(final_outputs(result, rest, result.token_ids[self.tokens:]))
+        response = error_response(error) if error is not None else outputs_response(self.responses.last(result))
         self.sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
 

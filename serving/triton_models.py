@@ -17,11 +17,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.sampling import GREEDY
 from serving.engine_loop import EngineLoop
-from serving.stream_text import StreamText
 from serving.stub_env import with_libpython
-from serving.triton_io import INPUTS, OUTPUTS, final_outputs, request_from_inputs, token_outputs
+from serving.triton_io import INPUTS, OUTPUTS, TokenStream, final_outputs, request_from_inputs
 
 
 @dataclass(frozen=True)
@@ -79,20 +77,17 @@ def _streamed(loop: EngineLoop):
         (inputs,) = requests  # unbatched: one request per call
         request, events = request_from_inputs(dict(inputs.items())), _Events()
         job = events.submit(loop, request, stream=True)
-        deltas, tokens, finished = StreamText((request.sampling or GREEDY).stop), [], False
+        responses, finished = TokenStream(request), False
         try:
             while True:
                 kind, a, b = await events.queue.get()
                 if kind == "token":
-                    tokens.append(a)
-                    if piece := deltas.update(b):
-                        yield [token_outputs(tokens, piece)]
-                        tokens = []
+                    yield [responses.token(a, b)]
                     continue
                 if b is not None:
                     raise b
-                finished = True  # the last response: the text held back, the tokens not yet sent, the details
-                yield [final_outputs(a, deltas.finish(a.text), tokens)]
+                finished = True
+                yield [responses.last(a)]
                 return
         finally:
             if not finished:  # the client went away, or an error: free its row
