@@ -7,6 +7,8 @@ backend resizes differently (tensor bicubic), so it is not bit-matched.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import io
 import math
@@ -153,6 +155,24 @@ def load_image_bytes(data: bytes, what: str = "the image", *, apply_exif_orienta
     if not data:
         raise InputError(f"{what} is empty (0 bytes); expected image data")
     return decode_image(io.BytesIO(data), what, apply_exif_orientation)
+
+
+class ImageTooLarge(InputError):
+    """Encoded image data over the size a caller accepts."""
+
+
+def data_url_bytes(url: str, what: str = "the image", max_bytes: int | None = None) -> bytes:
+    """The encoded image of a `data:image/<type>;base64,` URL (what clients whose JSON cannot carry bytes send);
+    ImageTooLarge, before any decoding, if its data holds more than max_bytes."""
+    header, sep, payload = url.partition(",")
+    if not sep or not header.startswith("data:image/") or not header.endswith(";base64"):
+        raise InputError(f"{what} {header[:60]!r}... is not a data:image/<type>;base64, URL")
+    if max_bytes is not None and len(payload) * 3 // 4 > max_bytes:
+        raise ImageTooLarge(f"{what} is over {max_bytes >> 20} MiB encoded; resize it first")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise InputError(f"{what}'s base64 data is malformed ({e})") from None
 
 
 def decode_image(source, what: str, apply_exif_orientation: bool = False) -> Image.Image:

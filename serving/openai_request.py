@@ -6,15 +6,13 @@ content part holding a `data:image/...;base64,` URL; a local path (or file:// UR
 a folder for them, and then only a file inside it, with `..` and symlinks resolved before the check. The server
 fetches no http(s) URLs.
 """
-import base64
-import binascii
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.errors import InputError
-from runtime.preprocess import load_image, load_image_bytes
+from runtime.preprocess import ImageTooLarge, data_url_bytes, load_image, load_image_bytes
 from runtime.request import Request
 from runtime.sampling import SamplingParams
 
@@ -106,15 +104,12 @@ def _image(url: str, local_images: Path | None):
 
 
 def _data_url(url: str):
-    header, sep, payload = url.partition(",")
-    if not sep or not header.startswith("data:image/") or not header.endswith(";base64"):
-        raise RequestError(400, f"image_url {header[:60]!r}... is not a data:image/<type>;base64, URL")
-    if len(payload) * 3 // 4 > MAX_IMAGE_BYTES:
-        raise RequestError(413, f"the image is over {MAX_IMAGE_BYTES >> 20} MiB encoded; resize it first")
     try:
-        data = base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise RequestError(400, f"the image's base64 data is malformed ({e})") from None
+        data = data_url_bytes(url, "the image", MAX_IMAGE_BYTES)
+    except ImageTooLarge as e:
+        raise RequestError(413, str(e)) from None
+    except InputError as e:
+        raise RequestError(400, str(e)) from None
     return _loaded(lambda: load_image_bytes(data, "the image_url data"))
 
 

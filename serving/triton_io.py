@@ -8,15 +8,13 @@ Outputs: `text`, `token_ids`, `finish_reason` ("" until the last response of a s
 indices per stage, visual and relevant tokens, timings, as `cli.py run --json` gives them). A streaming model
 sends one response per token, whose `text` and `token_ids` are that token's part, then the last one with the
 finish reason and details."""
-import base64
-import binascii
 import json
 from dataclasses import dataclass
 
 import numpy as np
 
 from runtime.errors import InputError
-from runtime.preprocess import load_image_bytes
+from runtime.preprocess import data_url_bytes, load_image_bytes
 from runtime.request import Request, Result
 from runtime.sampling import GREEDY, SamplingParams
 from serving.stream_text import StreamText
@@ -95,16 +93,8 @@ def final_outputs(result: Result, text: str | None = None, tokens: list[int] | N
 
 
 def _image_bytes(raw: bytes) -> bytes:
-    """The encoded image: the bytes as sent, or a data: URL's payload."""
-    if not raw.startswith(b"data:"):
-        return raw
-    header, sep, payload = raw.partition(b",")
-    if not sep or not header.startswith(b"data:image/") or not header.endswith(b";base64"):
-        raise InputError(f"the image input {header[:60]!r}... is not a data:image/<type>;base64, URL")
-    try:
-        return base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise InputError(f"the image input's base64 data is malformed ({e})") from None
+    """The encoded image: the bytes as sent, or a data: URL's."""
+    return data_url_bytes(raw.decode("latin-1"), "the image input") if raw.startswith(b"data:") else raw
 
 
 def _one(array: np.ndarray, name: str) -> np.ndarray:
