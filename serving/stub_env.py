@@ -15,6 +15,7 @@ import sysconfig
 import venv
 from pathlib import Path
 
+from runtime.cache import cache_root
 from runtime.errors import PruneDeployError
 
 STUB_PACKAGES = ("numpy>=1.21,<2", "pyzmq>=23")
@@ -30,7 +31,7 @@ class ServeError(PruneDeployError):
 
 def default_stub_env(extra: tuple[str, ...] = ()) -> Path:
     """One cached env per package set: extras get a dir of their own, named by a hash of their requirements."""
-    root = Path(os.environ.get("PRUNEVLM_CACHE") or Path.home() / ".cache" / "prunevlm")
+    root = cache_root()
     name = f"triton-stub-env-py{sys.version_info.major}.{sys.version_info.minor}"
     if extra:
         name += "-" + hashlib.sha256("\n".join(sorted(extra)).encode()).hexdigest()[:10]

@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from runtime.cache import cache_root
+
 from .tokenizer_training import CORPUS_PATH, load_corpus, train_clip_tokenizer, train_llama_tokenizer
 
 # Bump whenever the build below changes what ends up on disk: it is part of the cache key.
@@ -108,11 +110,6 @@ class EmbeddedCheckpoint:
     clip_dir: Path  # CLIPModel + CLIPProcessor, vision tower identical to LLaVA's
 
 
-def default_cache_dir() -> Path:
-    env = os.environ.get("PRUNEVLM_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "prunevlm"
-
-
 def spec_digest(spec: EmbeddedModelSpec) -> str:
     h = hashlib.sha256()
     h.update(json.dumps(dataclasses.asdict(spec), sort_keys=True).encode())
@@ -126,7 +123,7 @@ def embedded_model(name: str = "tiny", cache_dir: Path | str | None = None) -> E
     if name not in SPECS:
         raise KeyError(f"unknown embedded model {name!r}; known: {sorted(SPECS)}")
     spec = SPECS[name]
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache_dir = Path(cache_dir) if cache_dir is not None else cache_root()
     final = cache_dir / f"{name}-{spec_digest(spec)[:12]}"
 
     def build(tmp: Path):

@@ -8,7 +8,7 @@ import math
 import shutil
 from pathlib import Path
 
-from export.models.embedded import EmbeddedCheckpoint, build_once, default_cache_dir
+from export.models.embedded import EmbeddedCheckpoint, build_once
 from export.models.llava_hf_layout import (
     LLAVA_1_5_7B,
     LlavaHfGeometry,
@@ -17,6 +17,7 @@ from export.models.llava_hf_layout import (
     openai_clip_keys,
 )
 from export.models.llava_hf_tokenizers import CLIP_FULL_VOCAB_SIZE
+from runtime.cache import cache_root
 from runtime.errors import ConfigError
 
 LAYOUT_VERSION = "1"  # bump when the files written change, so caches rebuild
@@ -34,7 +35,7 @@ def checkpoint_bytes(g: LlavaHfGeometry) -> int:
 
 def real_geometry_model(name: str, cache_dir: Path | str | None = None) -> EmbeddedCheckpoint:
     geometry = GEOMETRIES[name]
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache_dir = Path(cache_dir) if cache_dir is not None else cache_root()
     digest = hashlib.sha256(json.dumps([dataclasses.asdict(geometry), LAYOUT_VERSION]).encode()).hexdigest()[:12]
     final, need = cache_dir / f"{name}-{digest}", checkpoint_bytes(geometry)
     if not final.is_dir():

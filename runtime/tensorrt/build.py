@@ -5,7 +5,6 @@ profiles}}`), the tokenizer files and the plans, written through the staged engi
 the GPU and TensorRT version that built them.
 """
 import dataclasses
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from engines.tensorrt.availability import require_tensorrt
 from engines.tensorrt.build import PRECISIONS, build_plan, config_options, has_qdq
 from engines.tensorrt.check import format_problems
 from engines.tensorrt.version import version_of
+from runtime.cache import cache_root
 from runtime.engine_dir import check_destination, staged_engine_dir
 from runtime.errors import ConfigError, EngineDirError
 from runtime.manifest import Manifest, PlanRecord, load_manifest, save_manifest
@@ -44,8 +44,7 @@ def default_out(src) -> Path:
 
 def default_timing_cache(trt_version: str) -> Path:
     """Shared by every build on this host: tactic timings measured once are reused (per TensorRT version)."""
-    root = Path(os.environ.get("PRUNEVLM_CACHE") or Path.home() / ".cache" / "prunevlm")
-    return root / f"tensorrt-{trt_version}.timing-cache"
+    return cache_root() / f"tensorrt-{trt_version}.timing-cache"
 
 
 def build_engine_dir(src, out=None, cfg: BuildConfig = BuildConfig(), progress=print) -> Path:
