@@ -457,8 +457,8 @@ def add_triton_repo(sub):
 
 
 def cmd_triton_repo(args) -> int:
-    from serving.triton_repo import IN_PROCESS_PACKAGES, RepoConfig, repo_summary, write
-    repo = write(RepoConfig(args.engine_dir, args.out, args.variant, args.model_name, args.instances, args.max_batch,
+    from serving.triton_repo import IN_PROCESS_PACKAGES, RepoConfig, repo_summary, write_repo
+    repo = write_repo(RepoConfig(args.engine_dir, args.out, args.variant, args.model_name, args.instances, args.max_batch,
                             args.max_queue, args.max_new_tokens, args.provider, args.force))
     models = repo_summary(repo)
     print(f"wrote {repo}: {len(models)} models, {sum(n for _, n in models) / 2**20:.1f} MiB")

@@ -180,12 +180,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(200, {"status": "ok", "model": self.app.model_name, "loop": self.app.loop.stats()})
 
     def _metrics(self, path: str):
-        data = shape.metrics(self.app.loop.stats(), self.app.model_name).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.send_header("Content-Length", str(len(data)))
-        self._end_headers()
-        self._write(data)
+        self._reply(200, shape.metrics(self.app.loop.stats(), self.app.model_name).encode(),
+                    "text/plain; version=0.0.4")
 
     def _chat(self, path: str):
         body = self._body()
@@ -287,9 +283,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     # ------------------------------------------------------------------ writing
     def _json(self, status: int, body: dict, headers: dict | None = None):
-        data = json.dumps(body).encode()
+        self._reply(status, json.dumps(body).encode(), "application/json", headers)
+
+    def _reply(self, status: int, data: bytes, content_type: str, headers: dict | None = None):
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         for k, v in (headers or {}).items():
             self.send_header(k, v)

@@ -23,8 +23,12 @@ def triton_type(dtype: str) -> str:
     return TRITON_TYPES[dtype]
 
 
+def _dims(shape) -> list[int]:
+    return [d if isinstance(d, int) else -1 for d in shape]  # symbolic dims are variable: -1
+
+
 def _tensor(name: str, dtype: str, shape, optional: bool = False) -> str:
-    dims = ", ".join(str(d if isinstance(d, int) else -1) for d in shape)  # symbolic dims are variable: -1
+    dims = ", ".join(map(str, _dims(shape)))
     return f'  {{ name: "{name}" data_type: {triton_type(dtype)} dims: [ {dims} ]{" optional: true" if optional else ""} }}'
 
 
@@ -73,7 +77,7 @@ def engine_problems(config, record: GraphRecord, graph: str) -> list[str]:
         if config.model_transaction_policy.decoupled else []
     for kind, tensors in (("input", record.inputs), ("output", record.outputs)):
         got = [(t.name, mc.DataType.Name(t.data_type), list(t.dims)) for t in getattr(config, kind)]
-        want = [(t.name, triton_type(t.dtype), [d if isinstance(d, int) else -1 for d in t.shape]) for t in tensors]
+        want = [(t.name, triton_type(t.dtype), _dims(t.shape)) for t in tensors]
         if got != want:
             problems.append(f"engine model {config.name}'s {kind}s {got} are not graph {graph}'s {want}")
     return problems

@@ -50,13 +50,8 @@ class RepoConfig:
     force: bool = False
 
 
-def write_repo(engine_dir, out, variant: str = "engines", model_name: str = "prunevlm", instances: int = 1,
-               max_batch: int = 8, force: bool = False, **knobs) -> Path:
-    """knobs: RepoConfig's other fields (max_queue, max_new_tokens, provider). Returns the repository's path."""
-    return write(RepoConfig(Path(engine_dir), Path(out), variant, model_name, instances, max_batch, force=force, **knobs))
-
-
-def write(cfg: RepoConfig) -> Path:
+def write_repo(cfg: RepoConfig) -> Path:
+    """Returns the repository's path."""
     _check(cfg)
     manifest = load_manifest(cfg.engine_dir)  # the runtime's own errors for a bad dir
     if cfg.variant == "in-process" and manifest.engines is not None:

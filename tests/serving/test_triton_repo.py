@@ -23,7 +23,7 @@ from runtime.manifest import load_manifest
 from runtime.preprocess import load_image_bytes
 from runtime.request import Request
 from serving import triton_config
-from serving.triton_repo import IN_PROCESS_PACKAGES, write_repo
+from serving.triton_repo import IN_PROCESS_PACKAGES, RepoConfig, write_repo
 from tests.conftest import IMAGES, ROOT
 from tests.serving import fake_pb_utils
 from tests.serving.bundled_triton import BundledTriton, bundled_tritonserver
@@ -45,8 +45,8 @@ def alone(engine_dir, image: bytes, prompt: str):
 
 @pytest.fixture(scope="module")
 def engines_repo(ivtp_dir, tmp_path_factory):
-    return write_repo(ivtp_dir, tmp_path_factory.mktemp("repo") / "engines", instances=2, max_batch=4,
-                      max_new_tokens=NEW_TOKENS)
+    return write_repo(RepoConfig(ivtp_dir, tmp_path_factory.mktemp("repo") / "engines", instances=2, max_batch=4,
+                                 max_new_tokens=NEW_TOKENS))
 
 
 def test_every_engine_model_has_its_graphs_tensors_and_the_python_model_streams(engines_repo, ivtp_dir):
@@ -118,13 +118,13 @@ def test_an_existing_out_needs_force_and_a_failed_write_leaves_nothing(ivtp_dir,
     assert main(["triton-repo", ivtp_dir, "--out", out, "--force"]) == 0  # now the engines variant
     assert (out / "prunevlm_vision" / "1" / "model.onnx").is_file()
     with pytest.raises(EngineDirError, match="does not exist"):
-        write_repo(tmp_path / "missing", tmp_path / "other")
+        write_repo(RepoConfig(tmp_path / "missing", tmp_path / "other"))
     # A config the schema refuses (a bug) is caught at write time, and the partial repository is removed.
     good = triton_config.engine_config
     monkeypatch.setattr("serving.triton_repo.engine_config",
                         lambda *a: good(*a).replace("max_batch_size: 0", "max_batch_size: 0\nbogus_field: 1"))
     with pytest.raises(triton_config.RepoError, match="does not parse as a Triton model config"):
-        write_repo(ivtp_dir, tmp_path / "broken")
+        write_repo(RepoConfig(ivtp_dir, tmp_path / "broken"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]
 
 
@@ -201,7 +201,8 @@ def server(ivtp_dir, tmp_path_factory):
     from serving.stub_env import ensure_stub_env
     stub_env = ensure_stub_env(progress=lambda msg: None, extra=IN_PROCESS_PACKAGES)
     work = tmp_path_factory.mktemp("triton")
-    repo = write_repo(ivtp_dir, work / "repo", variant="in-process", max_batch=4, max_new_tokens=NEW_TOKENS)
+    repo = write_repo(RepoConfig(ivtp_dir, work / "repo", variant="in-process", max_batch=4,
+                                 max_new_tokens=NEW_TOKENS))
     s = BundledTriton(repo, stub_env, work).start()
     yield s
     s.stop()
