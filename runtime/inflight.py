@@ -115,9 +115,9 @@ class InflightBatcher:
             return False
         handle.error = Cancelled(f"request {handle.id} was cancelled after {len(handle.tokens)} tokens")
         handle.done, handle.finished_step = True, self.steps
-        if any(h is handle for h in self.waiting):
+        if handle in self.waiting:  # by identity (Handle has eq=False)
             self.waiting.remove(handle)
-        elif any(h is handle for h in self.rows):
+        elif handle in self.rows:
             self._free([handle])
         return True
 

@@ -9,7 +9,6 @@ Admission control: at most max_batch + max_queue requests are in the loop at onc
 one more is refused at once with Overloaded (HTTP 429), and one submitted while the loop stops with Unavailable (503). An error
 of the loop itself (an engine that fails mid-step) fails the requests it held, and the loop goes on serving."""
 import threading
-import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -37,7 +36,6 @@ class Job:
     request: Request
     on_token: Callable[[int, str], None] | None
     on_done: Callable[[Result | None, Exception | None], None] | None
-    submitted: float
     handle: Handle | None = None
     cancelled: bool = False
     ended: bool = False
@@ -72,7 +70,7 @@ class EngineLoop:
         return self
 
     def submit(self, request: Request, on_token=None, on_done=None) -> Job:
-        job = Job(request, on_token, on_done, time.perf_counter())
+        job = Job(request, on_token, on_done)
         with self._cv:
             if self._stopping:
                 raise Unavailable("the server is shutting down; retry on another replica")
