@@ -46,6 +46,7 @@ def parser(with_knobs: bool = True) -> argparse.ArgumentParser:
     add_train_atp(sub)
     add_calibrate(sub)
     add_triton_repo(sub)
+    add_demo_data(sub)
     sub.add_parser("methods", help="list the pruning methods, their knobs and defaults").set_defaults(func=cmd_methods)
     return p
 
@@ -467,6 +468,26 @@ def cmd_triton_repo(args) -> int:
     needs = "numpy<2" + (", " + ", ".join(IN_PROCESS_PACKAGES) if args.variant == "in-process" else "")
     print(f"run it: tritonserver --model-repository {repo}   (the Python model's env needs {needs}; "
           f"stream with gRPC or POST /v2/models/{args.model_name}/generate_stream)")
+    return 0
+
+
+# ---------------------------------------------------------------- the demo task
+def add_demo_data(sub):
+    d = sub.add_parser("demo-data", help="write a split of the demo task (scenes of shapes, one question each) for "
+                       "`cli.py eval`")
+    d.add_argument("--seed", type=int, default=0, help="which split: every seed gives its own scenes. The demo model "
+                   "trained on scenes drawn in memory from a stream of their own, so every split is held out")
+    d.add_argument("--count", type=int, default=500, help="questions (and images) to write; types take turns")
+    d.add_argument("--out", type=Path, required=True, help="dir to write: questions.jsonl and images/")
+    d.add_argument("--force", action="store_true", help="replace --out if it exists")
+    d.set_defaults(func=cmd_demo_data)
+
+
+def cmd_demo_data(args) -> int:
+    from demo.dataset import write_split
+    out = write_split(args.out, args.seed, args.count, args.force,
+                      lambda done, total: print(f"[demo-data] {done}/{total} images", file=sys.stderr, flush=True))
+    print(f"wrote {args.count} questions to {out / 'questions.jsonl'}")
     return 0
 
 
