@@ -36,6 +36,7 @@ def parser(with_knobs: bool = True) -> argparse.ArgumentParser:
     sub = p.add_subparsers(required=True, metavar="COMMAND")
     add_export(sub, with_knobs)
     add_run(sub)
+    add_eval(sub)
     add_serve(sub)
     add_verify(sub)
     add_flops(sub)
@@ -163,6 +164,44 @@ def cmd_run(args) -> int:
             print(f"[{s['name']}] kept {len(s['kept'])} visual tokens")
         print(r.text)
         print(f"(prefill {r.timings_ms['prefill_total']:.1f} ms, total {r.timings_ms['total']:.1f} ms)", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------- eval
+def add_eval(sub):
+    ev = sub.add_parser("eval", help="accuracy of an engine dir on a question file, with visual tokens, FLOPs and "
+                        "latency", description="Answer every question of a JSONL file with an engine dir (greedy) "
+                        "and score the answers: normalized exact match (VQAv2), the first word for yes/no (POPE), the "
+                        "option letter for multiple choice. Every line and image is checked before the engines open.")
+    ev.add_argument("engine_dir", type=Path, help="the engine dir to evaluate (any method)")
+    ev.add_argument("--data", type=Path, required=True, metavar="FILE.jsonl",
+                    help='questions, one per line: {"image": PATH (relative to the file\'s folder), "question": TEXT, '
+                    '"answer": TEXT, optional "type": TEXT (for the per-type accuracy), "choices": [TEXT, ...] '
+                    '(multiple choice; the answer is a letter or an option\'s text), "id"}; see the README')
+    ev.add_argument("--limit", type=int, metavar="N",
+                    help="evaluate the first N questions only (all lines are checked)")
+    ev.add_argument("--max-new-tokens", type=int, default=8, metavar="N",
+                    help="tokens per answer, greedy (default 8: answers are a few words)")
+    ev.add_argument("--provider", choices=PROVIDERS, help="ONNX Runtime's execution provider (default: best available)")
+    ev.add_argument("--batch", type=int, default=1, metavar="N", help="requests per generate call (default 1, so each "
+                    "request's latency is its own; N > 1 amortises time across the batch: each request gets an equal "
+                    "share of its batch's prefill and decode ms)")
+    ev.add_argument("--out", type=Path, metavar="RESULTS.jsonl", help="also write one record per request (answer, "
+                    "correct, visual tokens, TFLOPs, prefill and decode ms)")
+    ev.add_argument("--json", action="store_true", help="print the summary as one JSON object (progress stays on "
+                    "stderr)")
+    ev.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args) -> int:
+    from evaluation.evaluate import EvalConfig, evaluate
+    from evaluation.report import format_summary
+    cfg = EvalConfig(engine_dir=args.engine_dir, data=args.data, limit=args.limit, max_new_tokens=args.max_new_tokens,
+                     provider=args.provider, batch=args.batch, out=args.out)
+    summary, records = evaluate(cfg, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print(json.dumps(summary) if args.json else format_summary(summary))
+    if args.out:
+        print(f"wrote {len(records)} records to {args.out}", file=sys.stderr)
     return 0
 
 

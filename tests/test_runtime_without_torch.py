@@ -1,11 +1,12 @@
-"""An edge device has the runtime's dependencies and no torch: `cli.py run` and the engine half of `profile` work
-there, with torch and transformers made unimportable, and give what they give in-process."""
+"""An edge device has the runtime's dependencies and no torch: `cli.py run`, `eval` and the engine half of `profile`
+work there, with torch and transformers made unimportable, and give what they give in-process."""
 import json
 import subprocess
 import sys
 
 import pytest
 
+from evaluation.evaluate import EvalConfig, evaluate
 from runtime.load import open_engine_dir
 from runtime.request import Request
 from tests.conftest import IMAGES, ROOT
@@ -55,8 +56,21 @@ def test_profile_times_the_engines_without_torch_and_says_why_pytorch_is_missing
     assert report["flops"]["pruned_tflops"] == report["flops"]["unpruned_tflops"]
 
 
+def test_eval_scores_without_torch_what_it_scores_with_it(none_dir, no_torch_env, tmp_path):
+    data = tmp_path / "questions.jsonl"
+    data.write_text(json.dumps({"image": str(IMAGES / "chelsea.jpg"), "question": "What animal?", "answer": "cat"}) + "\n"
+                    + json.dumps({"image": str(IMAGES / "coffee.jpg"), "question": "Is it hot?", "answer": "yes",
+                                  "type": "yes/no"}) + "\n")
+    done = cli_without_torch(no_torch_env, "eval", none_dir, "--data", data, "--max-new-tokens", 3, "--json")
+    got = json.loads(done.stdout)
+    want, _ = evaluate(EvalConfig(none_dir, data, max_new_tokens=3))
+    same = ("n", "accuracy", "by_type", "wrong", "mean_visual_tokens", "tflops", "method")
+    assert {k: got[k] for k in same} == {k: want[k] for k in same} and got["mean_visual_tokens"] == 576
+    assert "[eval] 2/2 (100%)" in done.stderr
+
+
 def test_every_engine_only_command_answers_help_without_torch(no_torch_env):
-    for command in ("run", "profile", "visualize", "check", "build", "flops"):
+    for command in ("run", "eval", "profile", "visualize", "check", "build", "flops"):
         assert "usage" in cli_without_torch(no_torch_env, command, "--help").stdout
 
 
