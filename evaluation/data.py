@@ -10,10 +10,13 @@
 - type (optional): the group it counts in for the per-type accuracy ("all" where absent);
 - choices (optional): the options, 2..26 strings, lettered A, B, ...;
 - id (optional): a string or integer carried into the per-request records.
+Other keys (a benchmark's own metadata) are ignored, except one that looks like a misspelt "choices" ("choises",
+"options"): that is refused, since it would turn a multiple-choice question into an open one.
 
 Every line is checked, and every image opened far enough to read its format, before any engine runs: all the
 problems are reported at once, each as FILE:LINE.
 """
+import difflib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +30,7 @@ REQUIRED = ("image", "question", "answer")
 OPTIONAL = ("type", "choices", "id")
 DEFAULT_TYPE = "all"
 SCHEMA = '{"image": PATH, "question": TEXT, "answer": TEXT} (optionally "type", "choices", "id")'
+CHOICE_SYNONYMS = ("options", "option", "choice", "candidates")
 SHOWN = 5  # problems named in the error; the rest are counted
 
 
@@ -83,10 +87,11 @@ def parse_line(line: str, n: int, folder: Path, images: dict) -> Question:
     if missing:
         hint = ' (`run --requests` files say "prompt"; question files say "question")' if "prompt" in item else ""
         raise ValueError(f"no {', '.join(map(repr, missing))}; each line needs {SCHEMA}{hint}")
-    unknown = sorted(set(item) - set(REQUIRED) - set(OPTIONAL))
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown}; the keys are {', '.join(REQUIRED + OPTIONAL)} (a misspelt "
-                         "'choices' would score a multiple-choice question as open-ended)")
+    misspelt = [k for k in sorted(set(item) - set(REQUIRED) - set(OPTIONAL))
+                if k.lower() in CHOICE_SYNONYMS or difflib.get_close_matches(k.lower(), ["choices"], 1, 0.75)]
+    if misspelt:
+        raise ValueError(f"key {misspelt[0]!r} is not one of {', '.join(REQUIRED + OPTIONAL)}: did you mean "
+                         "'choices'? (a misspelt 'choices' would score a multiple-choice question as open-ended)")
     for key in ("image", "question", "answer", "type"):
         if key in item and (not isinstance(item[key], str) or not item[key].strip()):
             raise ValueError(f'"{key}" must be a non-empty string, found {json.dumps(item[key])}'

@@ -29,7 +29,8 @@ def error(path) -> str:
 
 
 def test_good_lines_become_questions_with_images_resolved_and_blank_lines_skipped(folder):
-    path = write(folder, {"image": "img/cat.jpg", "question": "Is there a cat?", "answer": "yes", "type": "pope"},
+    path = write(folder, {"image": "img/cat.jpg", "question": "Is there a cat?", "answer": "yes", "type": "pope",
+                          "target_box": [1, 2, 3, 4], "question_id": "q7"},  # a benchmark's own keys are ignored
                  "", "   ",
                  {"image": str(IMAGES / "coffee.jpg"), "question": "What colour?", "answer": "red",
                   "choices": ["blue", "red"], "id": 7})
@@ -55,7 +56,9 @@ def test_the_prompt_is_the_question_as_is_or_llava_s_multiple_choice_prompt(fold
                                                               'it in quotes: "2"'),
     ({"image": "img/cat.jpg", "question": "", "answer": "yes"}, '"question" must be a non-empty string'),
     ({"image": "img/cat.jpg", "question": "Q?", "answer": "yes", "type": None}, '"type" must be a non-empty string'),
-    ({"image": "img/cat.jpg", "question": "Q?", "answer": "yes", "choises": ["a", "b"]}, "unknown key(s) ['choises']"),
+    ({"image": "img/cat.jpg", "question": "Q?", "answer": "yes", "choises": ["a", "b"]},
+     "key 'choises' is not one of image, question, answer, type, choices, id: did you mean 'choices'?"),
+    ({"image": "img/cat.jpg", "question": "Q?", "answer": "yes", "options": ["a", "b"]}, "did you mean 'choices'?"),
     ({"image": "img/cat.jpg", "question": "Q?", "answer": "A", "choices": ["only"]}, '"choices" must be a list of 2..26'),
     ({"image": "img/cat.jpg", "question": "Q?", "answer": "C", "choices": ["x", "y"]},
      "\"answer\" \"C\" is neither a letter A..B nor the text of one of the choices ['x', 'y']"),
