@@ -63,7 +63,7 @@ def method_knobs() -> dict:
 def add_export(sub, with_knobs: bool):
     e = sub.add_parser("export", help="split a checkpoint into pruning-aware ONNX graphs + manifest")
     e.add_argument("--method", required=True, help="pruning method (see `cli.py methods`)")
-    e.add_argument("--model", default="tiny", help="'tiny' or 'bench' (embedded), 'llava-1.5-7b-random' or "
+    e.add_argument("--model", default="tiny", help="'demo' (trained, in the repo), 'tiny' or 'bench' (embedded, random), 'llava-1.5-7b-random' or "
                    "'llava-1.5-13b-random' (the real geometry, random fp16 weights, built on first use), or a llava-hf "
                    "checkpoint dir")
     e.add_argument("--clip", help="CLIP checkpoint dir (text encoder for IVTP); embedded models bring their own")
@@ -190,6 +190,8 @@ def add_eval(sub):
                     "correct, visual tokens, TFLOPs, prefill and decode ms)")
     ev.add_argument("--json", action="store_true", help="print the summary as one JSON object (progress stays on "
                     "stderr)")
+    ev.add_argument("--compare-torch", action="store_true", help="also answer every question with the PyTorch "
+                    "reference (needs torch and the source checkpoint) and count where the greedy tokens differ")
     ev.set_defaults(func=cmd_eval)
 
 
@@ -198,7 +200,11 @@ def cmd_eval(args) -> int:
     from evaluation.report import format_summary
     cfg = EvalConfig(engine_dir=args.engine_dir, data=args.data, limit=args.limit, max_new_tokens=args.max_new_tokens,
                      provider=args.provider, batch=args.batch, out=args.out)
-    summary, records = evaluate(cfg, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    reference = None
+    if args.compare_torch:
+        from export.reference import reference_generator
+        reference = reference_generator
+    summary, records = evaluate(cfg, progress=lambda line: print(line, file=sys.stderr, flush=True), reference=reference)
     print(json.dumps(summary) if args.json else format_summary(summary))
     if args.out:
         print(f"wrote {len(records)} records to {args.out}", file=sys.stderr)

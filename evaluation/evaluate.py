@@ -34,18 +34,25 @@ class EvalConfig:
                               f"{Path(self.out).parent} or name another file")
 
 
-def evaluate(cfg: EvalConfig, progress=None) -> tuple[dict, list[dict]]:
+def evaluate(cfg: EvalConfig, progress=None, reference=None) -> tuple[dict, list[dict]]:
     """(summary, per-request records). The question file is read and checked in full, images included, before
-    the engines open. `progress` (optional) gets a line now and then."""
+    the engines open. `progress` (optional) gets a line now and then. `reference(manifest) -> Generator` (the
+    PyTorch oracle, which cli.py builds: this package imports no torch) answers every question too, and each
+    record says whether the engines gave its tokens."""
     cfg.check()
     load_manifest(cfg.engine_dir)  # a wrong dir fails at once, not after a long file is checked
     questions = read_questions(cfg.data)[:cfg.limit]
     generator = open_engine_dir(cfg.engine_dir, cfg.provider)
+    oracle = reference(generator.m) if reference else None
     flops, records, status = RequestFlops(generator.m), [], Progress(len(questions), progress)
     for start in range(0, len(questions), cfg.batch):
         batch = questions[start:start + cfg.batch]
         results = answer(generator, batch, cfg)
-        records += batch_records(batch, results, [flops.tflops(r) for r in results])
+        done = batch_records(batch, results, [flops.tflops(r) for r in results])
+        if oracle is not None:
+            for record, ours, theirs in zip(done, results, answer(oracle, batch, cfg)):
+                record.update(reference_answer=theirs.text, same_as_reference=ours.token_ids == theirs.token_ids)
+        records += done
         status.update(records)
     if cfg.out is not None:
         write_records(records, cfg.out)

@@ -12,6 +12,10 @@ def format_summary(s: dict, shown_wrong: int = SHOWN_WRONG) -> str:
               f"  prefill TFLOPs per request (mean)               {s['tflops']:.4g}",
               f"  prefill ms (mean / median)                      {ms(s['prefill_ms'])}",
               f"  decode ms per token (mean / median)             {ms(s['decode_ms_per_token'])}"]
+    if "reference" in s:
+        ref = s["reference"]
+        lines.append(f"  same greedy tokens as the PyTorch reference     {ref['same_tokens']} of {ref['n']}"
+                     + (f" (differ on lines {', '.join(map(str, ref['differ_lines'][:10]))})" if ref["differ_lines"] else ""))
     if s["batch"] > 1:
         lines.append(f"  (batches of {s['batch']}: each request's ms are an equal share of its batch's)")
     wrong = s["wrong"]

@@ -9,7 +9,11 @@ def summarize(records: list[dict], about: dict) -> dict:
     for r in records:
         by_type.setdefault(r["type"], []).append(r["correct"])
     per_token = [r["decode_ms_per_token"] for r in records if r["decode_ms_per_token"] is not None]
-    return {**about, "n": len(records), "correct": sum(r["correct"] for r in records),
+    compared = [r for r in records if "same_as_reference" in r]
+    against = {"reference": {"n": len(compared), "same_tokens": sum(r["same_as_reference"] for r in compared),
+                             "differ_lines": [r["line"] for r in compared if not r["same_as_reference"]]}} \
+        if compared else {}
+    return {**about, **against, "n": len(records), "correct": sum(r["correct"] for r in records),
             "accuracy": accuracy([r["correct"] for r in records]),
             "by_type": {t: {"accuracy": accuracy(c), "n": len(c)} for t, c in sorted(by_type.items())},
             "mean_visual_tokens": mean(r["visual_tokens"] for r in records),

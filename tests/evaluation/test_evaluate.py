@@ -159,3 +159,22 @@ def test_flops_count_the_tokens_a_data_dependent_stage_actually_kept(case):
     want = count_flops(counter.dims, tokens_per_layer(fixed, counter.dims), 20, False, counter.text_encoder)
     assert counter.tflops(result) == want["total_tflops"]
     assert tokens_per_layer(fixed, counter.dims)["llm"][3:5] == [576, 100]
+
+
+def test_compare_torch_counts_the_questions_the_reference_answers_with_other_tokens(capsys, case):
+    engine_dir, path, texts = case
+    code, out, err = run_cli(capsys, "eval", engine_dir, "--data", path, "--max-new-tokens", MAX_NEW_TOKENS, "--limit",
+                             2, "--compare-torch", "--json")
+    assert code == 0, err
+    assert json.loads(out)["reference"] == {"n": 2, "same_tokens": 2, "differ_lines": []}
+
+    class Contrary:  # a reference that answers line 2 otherwise
+        def generate(self, requests, max_new_tokens):
+            results = open_engine_dir(engine_dir).generate(requests, max_new_tokens)
+            if "cup" in requests[0].prompt:
+                results[0] = replace(results[0], token_ids=results[0].token_ids[:-1] + [7], text="something else")
+            return results
+    summary, records = evaluate(EvalConfig(engine_dir, path, max_new_tokens=MAX_NEW_TOKENS), reference=lambda m: Contrary())
+    assert summary["reference"] == {"n": 4, "same_tokens": 3, "differ_lines": [2]}
+    assert [r["same_as_reference"] for r in records] == [True, False, True, True]
+    assert records[1]["reference_answer"] == "something else"
