@@ -289,7 +289,7 @@ def add_profile(sub):
 
 
 def cmd_profile(args) -> int:
-    from export.profiling.profile import profile
+    from export.profiling.profile import profile, slow_reference_note
     from runtime.request import Request
     from runtime.shipped import PROFILE_REQUEST
     if args.runs < 1 or args.max_new_tokens < 2:
@@ -312,7 +312,12 @@ def cmd_profile(args) -> int:
             print(f"  {name:24s} prefill {row['prefill_ms']:8.1f} ms   decode {row['decode_ms_per_token']:7.2f} ms/token")
     if report["pytorch_skipped"]:
         print(f"  PyTorch rows skipped: {report['pytorch_skipped']}")
-    print("  engine breakdown (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in e["breakdown_ms"].items()))
+    if note := slow_reference_note(report):
+        print(f"  note: {note}")
+    parts = {k: v for k, v in e["breakdown_ms"].items() if k != "decode"}
+    print("  engine prefill breakdown (ms, of the run with the median prefill): "
+          + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()) + f" = {e['prefill_ms']:.1f}; "
+          f"decode graphs {e['breakdown_ms']['decode']:.1f} over all steps")
     return 0
 
 
