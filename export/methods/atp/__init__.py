@@ -16,12 +16,27 @@ from runtime.manifest import Pipeline, Stage
 
 @dataclass(frozen=True)
 class AtpConfig:
-    points: tuple[int, ...] = field(default=(3, 13, 23), metadata={
-        "help": "decoder layers after which an ATP module prunes (the paper's Fig. 4 prunes before 4, 14, 24)"})
+    points: tuple[int, ...] | None = field(default=None, metadata={
+        "help": "decoder layers after which an ATP module prunes (default: the paper's 3,13,23 of 32 layers, "
+                "before 4, 14 and 24 in its Fig. 4; the same shares of a decoder of another depth)"})
     keep: int = field(default=144, metadata={"help": "target mean visual tokens after the last point (calibration)"})
     thresholds: tuple[float, ...] | None = field(default=None, metadata={
         "help": "theta_r,theta_s per point (flat list); default: calibrated at export so the mean count hits --keep"})
     heads: str | None = field(default=None, metadata={"help": "trained threshold heads (cli.py train-atp) instead"})
+
+
+PAPER_POINTS, PAPER_LAYERS = (3, 13, 23), 32
+
+
+def default_points(n_layers: int) -> tuple[int, ...]:
+    """The paper's points on LLaVA-1.5-7B's 32 layers, at the same shares of a decoder of another depth (distinct,
+    with a layer after the last): 3,13,23 of 32; 1,2,4 of 6."""
+    points = []
+    for p in PAPER_POINTS:
+        q = min(n_layers - 2, max(points[-1] + 1 if points else 0, round(p * n_layers / PAPER_LAYERS)))
+        if q > (points[-1] if points else -1):
+            points.append(q)
+    return tuple(points)
 
 
 @register
@@ -30,7 +45,7 @@ class Atp(Method):
     summary = "adaptive: per-request kept counts from ATP thresholds (calibrated constants or trained heads)"
 
     def schedule(self, cfg: AtpConfig, dims) -> Schedule:
-        n_layers, points = dims["llm_layers"], list(cfg.points)
+        n_layers, points = dims["llm_layers"], list(cfg.points or default_points(dims["llm_layers"]))
         if not points or points != sorted(set(points)) or not 0 <= points[0] or points[-1] >= n_layers - 1:
             raise ConfigError(f"--points must be increasing decoder layers in 0..{n_layers - 2} (a layer must follow "
                               f"the last one), got {cfg.points}")
@@ -44,7 +59,8 @@ class Atp(Method):
     def build(self, ckpt, cfg: AtpConfig) -> MethodPlan:
         dims = model_facts(ckpt)
         schedule = self.schedule(cfg, dims)
-        n_layers, grid, points = dims["llm_layers"], dims["image_size"] // dims["patch_size"], list(cfg.points)
+        n_layers, grid = dims["llm_layers"], dims["image_size"] // dims["patch_size"]
+        points = [s.layer for s in schedule.stages]
         heads = _load_heads(cfg.heads, points, grid * grid) if cfg.heads else {}
         segments, spans, pruners, first = [], [], {}, 0
         for j, stage in enumerate(schedule.stages):

@@ -1,6 +1,6 @@
 """IVTP's keep-count schedule: one count per GTP group, in the ViT and in the first W decoder layers."""
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from export.methods.ivtp.rollout import FUSIONS
 from runtime.errors import ConfigError
@@ -11,7 +11,9 @@ class IvtpConfig:
     keep: int = field(default=64, metadata={"help": "visual tokens left after the last pruning point"})
     vit_keep: tuple[int, ...] | None = field(default=None, metadata={"help": "comma-separated keep count per ViT group"})
     llm_keep: tuple[int, ...] | None = field(default=None, metadata={"help": "comma-separated keep count per LLM group"})
-    llm_layers: int = field(default=12, metadata={"help": "W: the decoder layers that prune"})
+    llm_layers: int | None = field(default=None, metadata={
+        "help": "W: the decoder layers that prune (default: the paper's 12 on decoders of 16+ layers, 3 of 8 on "
+                "shallower ones, in whole groups)"})
     group: int = field(default=3, metadata={"help": "layers per GTP group (1: layer-wise scoring)"})
     tau: float = field(default=0.2, metadata={"help": "CLIP relevance threshold in [-1, 1]; -1 keeps every token"})
     fusion: str = field(default="rollout", metadata={
@@ -31,8 +33,18 @@ def default_vit_keep(n_patches: int, n_groups: int, final: int) -> list[int]:
     return [round(n_patches - (n_patches - final) * (1 - (1 - (g + 1) / n_groups) ** 1.7)) for g in range(n_groups)]
 
 
+def default_llm_layers(n_llm_layers: int, group: int) -> int:
+    """The paper's W = 12 of LLaVA-1.5-7B's 32 layers. A decoder too shallow for 12 (fewer than 16 layers) prunes in
+    the same share of its depth, 3 of 8, rounded to whole groups, with at least one group and one layer after it."""
+    if n_llm_layers >= 16:
+        return 12
+    return max(1, min(n_llm_layers - 1, max(1, round(n_llm_layers * 3 / 8 / group)) * group))
+
+
 def resolve(cfg: IvtpConfig, n_patches: int, feature_layer: int, n_llm_layers: int):
     """Returns (vit points {layer: keep}, llm points {layer: keep}) after checking every count is possible."""
+    if cfg.llm_layers is None:
+        cfg = replace(cfg, llm_layers=default_llm_layers(n_llm_layers, max(1, cfg.group)))
     if cfg.fusion not in FUSIONS:
         raise ConfigError(f"--fusion must be one of {', '.join(FUSIONS)}, got {cfg.fusion!r}")
     if cfg.group < 1:

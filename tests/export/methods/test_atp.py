@@ -71,3 +71,12 @@ def test_calibrated_thresholds_hit_the_target_on_held_out_inputs(atp_engines):
     assert abs(means[-1] - keep) <= 0.1 * keep, f"mean {means[-1]:.1f} tokens after the last point, target {keep}"
     for mean, target in zip(means, point_targets(atp_engines.m.model["num_patches"], keep, 3)):
         assert abs(mean - target) <= 0.2 * target
+
+
+def test_default_points_are_the_papers_on_32_layers_and_the_same_shares_of_other_depths():
+    from export.methods.atp import Atp, AtpConfig, default_points
+    assert [default_points(n) for n in (3, 4, 6, 8, 32, 40)] == [(0, 1), (0, 2), (1, 2, 4), (1, 3, 6), (3, 13, 23),
+                                                                 (4, 16, 29)]
+    dims = {"llm_layers": 6, "num_patches": 576}
+    assert [s.name for s in Atp().schedule(AtpConfig(), dims).stages] == ["llm.l1", "llm.l2", "llm.l4"]
+    assert [s.layer for s in Atp().schedule(AtpConfig(points=(0, 3)), dims).stages] == [0, 3]

@@ -32,3 +32,10 @@ def test_default_schedule_ends_at_keep_and_never_grows():
 def test_impossible_schedules_are_refused_with_the_reason(cfg, words):
     with pytest.raises(ConfigError, match=words.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
         resolve(cfg, 576, 22, 32)
+
+
+def test_default_pruning_depth_is_the_papers_12_layers_or_the_same_share_of_a_shallow_decoder():
+    from export.methods.ivtp.schedule import default_llm_layers
+    assert [default_llm_layers(n, 3) for n in (2, 4, 6, 8, 12, 16, 32, 40)] == [1, 3, 3, 3, 6, 12, 12, 12]
+    vit, llm = resolve(IvtpConfig(), 576, 4, 6)  # the demo model: 6 decoder layers, features from ViT layer 4
+    assert list(vit) == [2, 4] and list(llm) == [2] and llm[2] == 64
