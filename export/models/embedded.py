@@ -249,7 +249,7 @@ def _vision_config(spec: EmbeddedModelSpec) -> dict:
     )
 
 
-def _llava_config(spec: EmbeddedModelSpec, llama_tok):
+def llava_config(spec: EmbeddedModelSpec, llama_tok):
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
     tid = llama_tok.token_to_id
@@ -281,7 +281,7 @@ def _llava_config(spec: EmbeddedModelSpec, llama_tok):
     )
 
 
-def _clip_config(spec: EmbeddedModelSpec, clip_tok):
+def clip_config(spec: EmbeddedModelSpec, clip_tok):
     from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 
     bos, eos = clip_tok.token_to_id("<|startoftext|>"), clip_tok.token_to_id("<|endoftext|>")
@@ -323,11 +323,16 @@ def _random_models(spec: EmbeddedModelSpec, llava_config, clip_config):
 
 def build_checkpoint(spec: EmbeddedModelSpec, out_dir: Path) -> EmbeddedCheckpoint:
     """Build both checkpoints into out_dir/llava and out_dir/clip (no caching here)."""
-    from transformers import CLIPProcessor, CLIPTokenizer, LlamaTokenizer, LlavaProcessor
-
     lines = load_corpus()
     llama_tok, clip_tok = train_llama_tokenizer(lines), train_clip_tokenizer(lines)
-    llava, clip = _random_models(spec, _llava_config(spec, llama_tok), _clip_config(spec, clip_tok))
+    llava, clip = _random_models(spec, llava_config(spec, llama_tok), clip_config(spec, clip_tok))
+    return save_checkpoint(llava, clip, llama_tok, clip_tok, spec, out_dir)
+
+
+def save_checkpoint(llava, clip, llama_tok, clip_tok, spec: EmbeddedModelSpec, out_dir: Path) -> EmbeddedCheckpoint:
+    """Both models with their processors, as the hub lays them out: out_dir/llava and out_dir/clip."""
+    from transformers import CLIPProcessor, CLIPTokenizer, LlamaTokenizer, LlavaProcessor
+
     ckpt = EmbeddedCheckpoint(model_dir=out_dir / "llava", clip_dir=out_dir / "clip")
     image_processor = _image_processor()
 
