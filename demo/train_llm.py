@@ -136,11 +136,12 @@ class LlmTrainer:
         seqs, objects = [], []
         for i in idx:
             scene = self.pool.scenes[i]
-            if self.rng.random() < caption_share:
+            turns = [] if self.rng.random() < caption_share else \
+                conversation(scene, self.rng, int(self.rng.integers(4, 9)))
+            if not turns:  # a caption (also where no question fits the scene)
                 seqs.append(self.text.encode([(CAPTION_PROMPT, reading_order_caption(scene))]))
                 objects.append([None])
             else:
-                turns = conversation(scene, self.rng, int(self.rng.integers(4, 9)))
                 seqs.append(self.text.encode([(q.question, q.answer) for q in turns]))
                 objects.append([None if q.target is None else scene.things.index(q.target) for q in turns])
         return idx, seqs, objects
