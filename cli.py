@@ -162,6 +162,8 @@ def cmd_run(args) -> int:
     for r in results:
         for s in r.stages:
             print(f"[{s['name']}] kept {len(s['kept'])} visual tokens")
+        if generator.pipe.text_encoder:
+            print(relevance_line(generator, r))
         print(r.text)
         print(f"(prefill {r.timings_ms['prefill_total']:.1f} ms, total {r.timings_ms['total']:.1f} ms)", file=sys.stderr)
     return 0
@@ -209,6 +211,16 @@ def cmd_eval(args) -> int:
     if args.out:
         print(f"wrote {len(records)} records to {args.out}", file=sys.stderr)
     return 0
+
+
+def relevance_line(generator, result) -> str:
+    """Which instruction words formed IVTP's pseudo-CLS, or that none reached tau and the visual CLS stood in."""
+    suffix = result.input_ids[result.input_ids.index(generator.prompts.image_token_id) + 1:]
+    words = [generator.prompts.decode([suffix[i]]).strip() for i in result.relevant_tokens]
+    if not words:
+        return (f"[relevance] no instruction token reached tau {generator.pipe.tau} in CLIP's joint space: the visual "
+                "CLS guided the LLM's pruning")
+    return f"[relevance] pseudo-CLS from the instruction's {', '.join(map(repr, words))} (CLIP cosine >= tau {generator.pipe.tau})"
 
 
 def add_serve(sub):

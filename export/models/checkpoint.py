@@ -41,10 +41,14 @@ def _check_weights(flag: str, given: str, path: Path, example: str) -> None:
 
 
 def resolve_model_dirs(model: str, clip: str | None) -> tuple[Path, Path | None]:
-    """'tiny' (or another embedded name, or a real geometry's random model) builds/reuses that checkpoint; anything
-    else is a path."""
+    """'demo' is the trained model in the repo; 'tiny' (or another embedded name, or a real geometry's random model)
+    builds/reuses that checkpoint; anything else is a path."""
+    from export.models.demo import demo_model
     from export.models.embedded import SPECS, embedded_model
     from export.models.real_geometry import GEOMETRIES, real_geometry_model
+    if model == "demo":
+        built = demo_model()
+        return built.model_dir, Path(clip).resolve() if clip else built.clip_dir
     if model in SPECS or model in GEOMETRIES:
         built = embedded_model(model) if model in SPECS else real_geometry_model(model)
         return built.model_dir, Path(clip).resolve() if clip else built.clip_dir
@@ -52,7 +56,7 @@ def resolve_model_dirs(model: str, clip: str | None) -> tuple[Path, Path | None]
     for needed in ("config.json", "tokenizer.json"):
         if not (model_dir / needed).is_file():
             raise ConfigError(f"--model {model}: expected a Hugging Face LLaVA dir with {needed}, found none in "
-                              f"{model_dir}. Pass a local llava-hf/llava-1.5-7b-hf style dir or an embedded name: {', '.join([*SPECS, *GEOMETRIES])}.")
+                              f"{model_dir}. Pass a local llava-hf/llava-1.5-7b-hf style dir or a built-in name: {', '.join(['demo', *SPECS, *GEOMETRIES])}.")
     _check_weights("--model", model, model_dir, "llava-hf/llava-1.5-7b-hf")
     clip_dir = Path(clip).expanduser().resolve() if clip else None
     if clip_dir:
