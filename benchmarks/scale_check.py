@@ -550,7 +550,7 @@ def replace_section(text: str, lines: list[str]) -> str:
 
 # sections other scripts write, each far slower to redo
 CARRIED = (SECTION, "## Against onnxruntime-genai", "## IVTP prefill against its FLOPs", "## Quantization on CPU",
-           "## INT4 at 7B geometry", "## Serving on loopback (CPU)")
+           "## INT4 at 7B geometry", "## Serving on loopback (CPU)", "## Accuracy against speed (demo model)")
 
 
 def carry_section(old: str, new: str) -> str:
