@@ -13,7 +13,7 @@ def demo_model(root: Path = DEMO_DIR) -> EmbeddedCheckpoint:
     ckpt = EmbeddedCheckpoint(model_dir=root / "llava", clip_dir=root / "clip")
     for d in (ckpt.model_dir, ckpt.clip_dir):
         if not (d / "config.json").is_file():
-            raise ConfigError(f"the demo model is missing {d / 'config.json'}: this checkout lacks assets/demo-model. "
-                              f"Restore it with git (git checkout -- assets/demo-model) or retrain it: "
-                              f"python -m demo.train --out {root}")
+            raise ConfigError(f"--model demo: there is no trained demo model in this checkout ({d / 'config.json'} is "
+                              f"missing). Train one into place, about 30 minutes on 2 cores: python -m demo.train "
+                              f"--out {root}; or pass --model tiny or a llava-hf checkpoint dir.")
     return ckpt
