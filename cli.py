@@ -63,9 +63,9 @@ def method_knobs() -> dict:
 def add_export(sub, with_knobs: bool):
     e = sub.add_parser("export", help="split a checkpoint into pruning-aware ONNX graphs + manifest")
     e.add_argument("--method", required=True, help="pruning method (see `cli.py methods`)")
-    e.add_argument("--model", default="tiny", help="'demo' (trained, in the repo), 'tiny' or 'bench' (embedded, random), 'llava-1.5-7b-random' or "
-                   "'llava-1.5-13b-random' (the real geometry, random fp16 weights, built on first use), or a llava-hf "
-                   "checkpoint dir")
+    e.add_argument("--model", default="tiny", help="'demo' (trained by python -m demo.train into assets/demo-model), "
+                   "'tiny' or 'bench' (embedded, random), 'llava-1.5-7b-random' or 'llava-1.5-13b-random' (the real "
+                   "geometry, random fp16 weights, built on first use), or a llava-hf checkpoint dir")
     e.add_argument("--clip", help="CLIP checkpoint dir (text encoder for IVTP); embedded models bring their own")
     e.add_argument("--out", required=True, type=Path, help="engine dir to write")
     e.add_argument("--force", action="store_true", help="replace --out if it exists")
