@@ -77,14 +77,14 @@ def where(t: Thing) -> str:
     return " ".join(w for w in (row, col) if w) or "middle"
 
 
+def describe(t: Thing, places: bool = True) -> str:
+    """"a small striped red disc at the top left", or without its place "a small striped red disc"."""
+    place = where(t)
+    at = (" in the middle" if place == "middle" else f" at the {place}") if places else ""
+    return f"a {t.size} {t.pattern} {t.colour} {t.outline}{at}"
+
+
 def caption(scene: Scene, rng: np.random.Generator, places: bool = True) -> str:
     """Every object, in a random order: "a small striped red disc at the top left, a large plain blue tile in the
     middle."."""
-    order = rng.permutation(len(scene.things))
-    parts = []
-    for i in order:
-        t = scene.things[int(i)]
-        place = where(t)
-        at = (" in the middle" if place == "middle" else f" at the {place}") if places else ""
-        parts.append(f"a {t.size} {t.pattern} {t.colour} {t.outline}{at}")
-    return ", ".join(parts) + "."
+    return ", ".join(describe(scene.things[int(i)], places) for i in rng.permutation(len(scene.things))) + "."

@@ -19,13 +19,13 @@ import torch.nn.functional as F
 
 from demo.dialogue import DialogueTokenizer, collate
 from demo.pool import Pool
-from demo.questions import TYPES, ask, where
+from demo.questions import TYPES, ask, describe
 from demo.scenes import SIZE, render
 from demo.text import CAPTION_PROMPT
+from demo.train_clip import Stepper, pixels_of
 
 GROUNDING_LAYERS = (1, 2)
 GROUNDING_WEIGHT = 0.5
-from demo.train_clip import pixels_of, warmup_cosine
 
 
 @torch.no_grad()
@@ -44,8 +44,7 @@ def reading_order_caption(scene) -> str:
     """Every object, top to bottom by thirds of the image, then left to right: "a small striped red disc at the top
     left, a large plain blue tile in the middle."."""
     things = sorted(scene.things, key=lambda t: (int(3 * t.centre[1] / SIZE), t.centre[0]))
-    return ", ".join(f"a {t.size} {t.pattern} {t.colour} {t.outline} " + ("in the middle" if where(t) == "middle" else
-                                                            f"at the {where(t)}") for t in things) + "."
+    return ", ".join(describe(t) for t in things) + "."
 
 
 def conversation(scene, rng, turns: int) -> list:
@@ -102,8 +101,8 @@ class LlmTrainer:
         """(next-token loss, grounding loss). objects[b][turn]: the pool index of the object turn asks about, or
         None (a caption, or "no" to an exist question)."""
         ids, targets, mask = collate(seqs, self.n_visual, self.text.pad, self.text.image_id)
-        logits_at, where = self.forward(idx, ids, mask, targets >= 0)
-        lm = F.cross_entropy(logits_at, targets[where])
+        lm = F.cross_entropy(self.forward(self.features[torch.as_tensor(idx)], ids, mask, targets >= 0),
+                             targets[targets >= 0])
         start = seqs[0].ids.index(self.text.image_id)  # the same prefix in every row
         terms = []
         for b, (i, seq) in enumerate(zip(idx, seqs)):
@@ -117,16 +116,15 @@ class LlmTrainer:
         grounding = torch.stack(terms).mean() if terms else torch.zeros(())
         return lm, grounding
 
-    def forward(self, idx, ids, mask, want):
-        """Logits [n, V] at the positions `want` marks."""
+    def forward(self, features, ids, mask, want):
+        """Logits [n, V] at the positions `want` marks; `features` [B, 576, vit_hidden] go where ids hold the image."""
         lm = self.llava.model
-        embeds = lm.language_model.embed_tokens(ids.clamp(max=lm.language_model.embed_tokens.num_embeddings - 1))
-        visual = lm.multi_modal_projector(self.features[torch.as_tensor(idx)])
-        image = ids == self.text.image_id
-        embeds = embeds.masked_scatter(image[..., None], visual.to(embeds.dtype))
+        embeds = lm.language_model.embed_tokens(ids)
+        visual = lm.multi_modal_projector(features)
+        embeds = embeds.masked_scatter((ids == self.text.image_id)[..., None], visual.to(embeds.dtype))
         with torch.autocast("cpu", dtype=torch.bfloat16):
             hidden = lm.language_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-        return self.llava.lm_head(hidden[want].float()), want
+        return self.llava.lm_head(hidden[want].float())
 
     def batch(self, size: int, max_objects: int, caption_share: float):
         """Pool indices, their sequences (captions in reading order, or conversations of 4-8 questions) and per
@@ -148,21 +146,14 @@ class LlmTrainer:
 
     def train(self, steps: int, batch: int, lr: float, schedule, evaluate, log, name: str, eval_every: int = 100):
         """`schedule(step) -> (max_objects, caption_share)`; `evaluate()` -> dict, run every eval_every steps."""
-        params = self.params()
-        opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, warmup=max(1, steps // 15)))
+        step_with = Stepper(self.params(), lr, steps, warmup=max(1, steps // 15), weight_decay=0.01)
         curve, start, running = [], time.perf_counter(), []
         self.llava.train()
         for step in range(steps):
             max_objects, caption_share = schedule(step)
             idx, seqs, objects = self.batch(batch, max_objects, caption_share)
             lm, grounding = self.loss(idx, seqs, objects)
-            loss = lm + GROUNDING_WEIGHT * grounding
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
+            step_with(lm + GROUNDING_WEIGHT * grounding)
             running.append((lm.item(), grounding.item()))
             if (step + 1) % eval_every == 0 or step == steps - 1:
                 self.llava.eval()
@@ -195,19 +186,14 @@ class HeldOut:
     @torch.no_grad()
     def __call__(self, batch: int = 32) -> dict:
         t, right = self.trainer, []
-        feats, t.features = t.features, self.features
-        try:
-            for start in range(0, len(self.seqs), batch):
-                idx = np.arange(start, min(start + batch, len(self.seqs)))
-                seqs = [self.seqs[i] for i in idx]
-                ids, targets, mask = collate(seqs, t.n_visual, t.text.pad, t.text.image_id)
-                first = (targets >= 0).int().argmax(1)  # the position whose next token is the answer
-                want = torch.zeros_like(mask, dtype=torch.bool)
-                want[torch.arange(len(idx)), first] = True
-                logits, _ = t.forward(idx, ids, mask, want)
-                right += (logits.argmax(-1) == self.answer_ids[idx]).tolist()
-        finally:
-            t.features = feats
+        for start in range(0, len(self.seqs), batch):
+            idx = np.arange(start, min(start + batch, len(self.seqs)))
+            ids, targets, mask = collate([self.seqs[i] for i in idx], t.n_visual, t.text.pad, t.text.image_id)
+            first = (targets >= 0).int().argmax(1)  # the position whose next token is the answer
+            want = torch.zeros_like(mask, dtype=torch.bool)
+            want[torch.arange(len(idx)), first] = True
+            logits = t.forward(self.features[torch.as_tensor(idx)], ids, mask, want)
+            right += (logits.argmax(-1) == self.answer_ids[idx]).tolist()
         types = [q.type for q in self.questions]
         out = {"acc": round(float(np.mean(right)), 4)}
         for kind in TYPES:
