@@ -2,6 +2,8 @@
 which tokens of a text name an attribute (what IVTP's CLIP relevance should pick out)."""
 from __future__ import annotations
 
+import re
+
 from demo.questions import TEMPLATES
 from demo.scenes import COLOURS, OUTLINES, PATTERNS, SIZES
 
@@ -26,15 +28,6 @@ def phrasings() -> list[str]:
 
 def attribute_of_tokens(offsets: list[tuple[int, int]], text: str) -> list[str | None]:
     """For each token (its character span in `text`), the attribute word it lies in, or None."""
-    words, out = [], []
-    start = None
-    for i, ch in enumerate(text + " "):
-        if ch.isalpha() and start is None:
-            start = i
-        elif not ch.isalpha() and start is not None:
-            words.append((start, i, text[start:i].lower()))
-            start = None
-    for a, b in offsets:
-        hit = next((w for s, e, w in words if s <= a and b <= e and b > a), None)
-        out.append(hit if hit in ATTRIBUTES else None)
-    return out
+    words = [(m.start(), m.end(), m.group().lower()) for m in re.finditer(r"[^\W\d_]+", text)]  # runs of letters
+    hits = [next((w for s, e, w in words if s <= a and b <= e and b > a), None) for a, b in offsets]
+    return [w if w in ATTRIBUTES else None for w in hits]

@@ -17,6 +17,7 @@ from torch import nn
 
 from demo.pool import Pool
 from demo.questions import TYPES, ask, caption
+from demo.scenes import COLOURS, PATTERNS
 from demo.text import attribute_of_tokens
 from runtime.preprocess import CLIP_MEAN, CLIP_STD
 
@@ -31,6 +32,22 @@ def pixels_of(pool: Pool, idx) -> torch.Tensor:
     """CLIP's normalisation of 336 px images (no resize or crop is needed at this size)."""
     x = torch.from_numpy(pool.pixels[idx]).permute(0, 3, 1, 2).float() / 255
     return (x - _MEAN) / _STD
+
+
+class Stepper:
+    """One optimiser step per call: AdamW, gradients clipped at 1, linear warm-up then cosine to a tenth."""
+
+    def __init__(self, params, lr: float, steps: int, warmup: int, weight_decay: float):
+        self.params = list(params)
+        self.opt = torch.optim.AdamW(self.params, lr=lr, betas=(0.9, 0.98), weight_decay=weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, warmup_cosine(steps, warmup))
+
+    def __call__(self, loss: torch.Tensor):
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.opt.step()
+        self.sched.step()
 
 
 class DenseHeads(nn.Module):
@@ -119,13 +136,10 @@ def clip_losses(clip, heads: DenseHeads, pool: Pool, idx, tokenizer, rng) -> dic
 
 def train_clip(clip, pool: Pool, tokenizer, steps: int, batch: int, lr: float, seed: int, log) -> list[dict]:
     """Trains `clip` in place on the first steps * batch pool images; returns the curve (every 25 steps)."""
-    from demo.scenes import COLOURS, PATTERNS
     torch.manual_seed(seed)
     rng = np.random.default_rng([seed, 1])
     heads = DenseHeads(clip.config.vision_config.hidden_size, len(COLOURS), len(PATTERNS))
-    params = [*clip.parameters(), *heads.parameters()]
-    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, warmup=max(1, steps // 12)))
+    step_with = Stepper([*clip.parameters(), *heads.parameters()], lr, steps, max(1, steps // 12), weight_decay=0.05)
     order = rng.permutation(len(pool))
     curve, start = [], time.perf_counter()
     clip.train()
@@ -135,11 +149,7 @@ def train_clip(clip, pool: Pool, tokenizer, steps: int, batch: int, lr: float, s
             idx = rng.choice(len(pool), batch, replace=False)
         losses = clip_losses(clip, heads, pool, idx, tokenizer, rng)
         loss = losses["dense"] + losses["contrastive"] + losses["relevance"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+        step_with(loss)
         if step % 25 == 0 or step == steps - 1:
             row = {"step": step, "loss": round(loss.item(), 4),
                    **{k: round(losses[k].item(), 4) for k in ("dense", "contrastive", "relevance")},
