@@ -78,13 +78,12 @@ def run(args) -> dict:
                                  + "\n" for q in lines))
     results_file = out / "results.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
-    jobs = [(name, method, keep, ["export", "--model", "demo", "--dtype", "fp32", *flags]) for name, method, keep, flags
-            in variants(args.keeps)]
+    exports = {name: (method, keep, flags) for name, method, keep, flags in variants(args.keeps)}
+    jobs = [(name, method, keep, ["export", "--model", "demo", "--dtype", "fp32", *flags])
+            for name, (method, keep, flags) in exports.items()]
     for name, src, how in quantized(args.keeps[0]):
-        method = "none" if src == "none" else "ivtp"
-        keep = 576 if src == "none" else args.keeps[0]
+        method, keep, flags = exports[src]
         if how == "fp16":
-            flags = next(f for n, _, _, f in variants(args.keeps) if n == src)
             jobs.append((name, method, keep, ["export", "--model", "demo", "--dtype", "fp16", *flags]))
         else:
             jobs.append((name, method, keep, ["calibrate", out / "dirs" / src, "--data", calib, "--held-out", 16, *how]))
